@@ -1,0 +1,108 @@
+"""Command-line interface: ``python -m rose_core <command> …``.
+
+Commands: ``datasets`` (list the registry and what is available here),
+``data`` (build the dataset caches), ``train`` (train a model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rose_core.errors import RoseError
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from rose_core.data import dataset_names, get_card, is_available
+
+    for name in dataset_names():
+        card = get_card(name)
+        kind = "real" if card.real else f"stand-in{' for ' + card.stands_in_for if card.stands_in_for else ''}"
+        status = "available" if is_available(name) else f"missing: {card.how_to_get}"
+        print(f"{name:18s} {kind:28s} {status}")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from rose_core.data import get_card, load_dataset
+    from rose_core.errors import DatasetUnavailable
+
+    failures = 0
+    for name in args.names:
+        for split in get_card(name).splits:
+            if args.test_only and split != "test":
+                continue
+            try:
+                ds = load_dataset(name, split)
+                print(f"{name}/{split}: {len(ds)} images {ds.images.shape[1:]}")
+            except DatasetUnavailable as exc:
+                failures += 1
+                print(f"{name}/{split}: unavailable: {exc}", file=sys.stderr)
+    return 1 if (failures and args.strict) else 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rose_core.training import TrainConfig, train
+
+    cfg = TrainConfig(kind=args.model, preset=args.preset, dataset=args.dataset, out=args.out, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, seed=args.seed, subset=args.subset, device=args.device,
+                      resume=not args.no_resume, max_minutes=args.max_minutes, noise_fraction=args.noise_fraction,
+                      l2=args.l2, capacity=args.capacity, eval_subset=args.eval_subset, progress=not args.quiet)
+    card = train(cfg)
+    print({k: card[k] for k in ("epochs", "test_bits_per_dim", "train_seconds") if k in card})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rose_core", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datasets", help="list datasets and whether they are available here")
+    p.set_defaults(func=_cmd_datasets)
+
+    p = sub.add_parser("data", help="build dataset caches")
+    p.add_argument("names", nargs="*", default=["fashion-mnist", "mnist"])
+    p.add_argument("--test-only", action="store_true")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any dataset is unavailable")
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("train", help="train a VAE or Glow")
+    p.add_argument("--model", choices=["vae", "glow"], default="vae")
+    p.add_argument("--preset", default="fmnist", choices=["fmnist", "cifar10"])
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--out", required=True, help="checkpoint path without extension, e.g. checkpoints/vae-fmnist")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subset", type=int, default=None, help="train on a random subset of this size")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that would exceed this")
+    p.add_argument("--noise-fraction", type=float, default=0.0, help="background model: fraction of random pixels")
+    p.add_argument("--l2", type=float, default=0.0)
+    p.add_argument("--capacity", type=float, default=1.0)
+    p.add_argument("--eval-subset", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+_EXTRA_COMMANDS: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except RoseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
