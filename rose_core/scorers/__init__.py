@@ -1,0 +1,3 @@
+"""OOD scorers: ROSE and the baselines, one per module, sharing :class:`Scorer`."""
+
+from rose_core.scorers.base import Scorer, ScoreResult  # noqa: F401
