@@ -1,0 +1,12 @@
+"""Datasets (real and clearly named stand-ins) and preprocessing."""
+
+from rose_core.data.registry import (  # noqa: F401
+    DatasetCard,
+    ImageSet,
+    available_datasets,
+    dataset_names,
+    get_card,
+    is_available,
+    load_dataset,
+)
+from rose_core.data.preprocess import to_model_input, prepare_images  # noqa: F401
