@@ -1,0 +1,393 @@
+"""Batched per-sample gradients of a per-sample loss w.r.t. chosen layers' weights.
+
+ROSE needs, for every sample ``i`` and scored layer ``l``, the gradient
+``g_l(x_i) = ∂ℓ(x_i)/∂W_l`` of that sample's loss (nats). A per-sample loop
+(one backward per image) is slow; this module gets every sample's gradient
+from **one forward and one backward pass over the batch**:
+
+* The loss is **summed** over the batch and the model runs in **eval mode**
+  (BatchNorm uses its running statistics, Glow's ActNorm does not
+  re-initialise), so the gradient reaching sample ``i``'s activations depends
+  on sample ``i`` only.
+* A forward hook keeps each scored layer's input; a hook on the layer's output
+  tensor keeps ``δ = ∂(Σ_j ℓ_j)/∂output``, whose slice ``i`` is ``∂ℓ_i/∂output_i``.
+  (Tensor hooks see the gradient of the output *as the layer produced it*, even
+  if a later in-place op such as ``ReLU(inplace=True)`` modifies it.)
+* Every supported layer is, at each output position ``t``, a linear map
+  ``out_t = W h_t`` (+ bias), so the per-sample gradient is the sum over
+  positions of outer products ``G_i = Σ_t δ_{i,t} h_{i,t}ᵀ`` — a batched
+  matrix product ``bmm(δ, hᵀ)`` after ``unfold``.
+
+The factors are exposed (:class:`LayerFactors`: ``h`` of shape ``(N, D, T)``,
+``delta`` of shape ``(N, C, T)``) so that EKFAC can rotate them into its
+eigenbases *before* the product (see :mod:`rose_core.fisher`), and
+:meth:`LayerFactors.grads` materialises ``G`` of shape ``(N, C, D)`` in chunks.
+
+Layouts (the "gradient matrix" of a layer, ``C × D``):
+
+* ``nn.Conv2d`` (groups=1; any stride, padding, dilation, padding mode):
+  ``C = C_out``, ``D = C_in·kh·kw`` in the order of ``weight.flatten(1)``;
+  positions ``T = H_out·W_out``.
+* ``nn.Linear``: ``C = out_features``, ``D = in_features``; extra leading
+  dimensions (``(N, *, D)`` inputs) are positions.
+* ``nn.ConvTranspose2d`` (groups=1): written as the equivalent stride-1
+  convolution of the zero-inserted, padded input with the flipped, transposed
+  kernel ``W'[o, i, a, b] = W[i, o, kh-1-a, kw-1-b]``; ``C = C_out``,
+  ``D = C_in·kh·kw``, ``T = H_out·W_out``. This keeps the ``C_out × D_in``
+  Kronecker layout (and bias column) of a convolution;
+  :meth:`LayerFactors.to_param_shape` maps back to ``weight``'s own layout.
+* Glow's ``InvConv1x1``: gradients are taken w.r.t. the **effective weight**
+  ``W = P L (U + diag(s))`` (``module.weight``, ``C × C``), not its LU
+  parameters — ``W`` is what acts on the data. ``D = C = channels``,
+  ``T = H·W``. The ``-log|det W|`` term of the NLL contributes
+  ``module.weight_grad_offset()`` (the same for every sample; the hooks cannot
+  see it), which is added to every sample's gradient (``LayerFactors.offset``).
+  This assumes the loss contains that term with coefficient 1 per sample, as
+  :meth:`Glow.per_sample_loss` does.
+
+With a bias the input factor gets an extra row of ones, so the gradient is
+``C × (D + 1)`` with the bias gradient in the last column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rose_core.models.glow import InvConv1x1
+
+__all__ = ["LayerFactors", "UnsupportedLayer", "capture_factors", "per_sample_grads", "grad_shape",
+           "check_supported", "resolve_layers", "DEFAULT_CHUNK_ELEMENTS"]
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 24
+"""Largest number of elements of a materialised ``(n, C, D)`` gradient block (64 MiB in float32)."""
+
+
+class UnsupportedLayer(TypeError):
+    """A layer type (or configuration, e.g. grouped convolution) per-sample gradients do not support."""
+
+
+# --------------------------------------------------------------------------------------------
+# Layer adapters
+# --------------------------------------------------------------------------------------------
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+_SUPPORTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, InvConv1x1)
+
+
+def check_supported(name: str, module: nn.Module) -> None:
+    """Raise :class:`UnsupportedLayer` unless ``module`` is a layer this module can differentiate."""
+    if isinstance(module, InvConv1x1):
+        return
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        if module.groups != 1:
+            raise UnsupportedLayer(f"Layer {name!r}: grouped convolutions (groups={module.groups}) are not supported.")
+        if isinstance(module, nn.ConvTranspose2d) and module.padding_mode != "zeros":
+            raise UnsupportedLayer(f"Layer {name!r}: ConvTranspose2d with padding_mode={module.padding_mode!r}.")
+        return
+    if isinstance(module, nn.Linear):
+        return
+    raise UnsupportedLayer(f"Layer {name!r} is a {type(module).__name__}; supported are nn.Conv2d, nn.Linear, "
+                           "nn.ConvTranspose2d and Glow's InvConv1x1.")
+
+
+def _has_bias(module: nn.Module) -> bool:
+    return getattr(module, "bias", None) is not None
+
+
+def grad_shape(module: nn.Module) -> tuple[int, int]:
+    """``(C, D)`` of the layer's per-sample gradient matrix (``D`` includes the bias column)."""
+    b = int(_has_bias(module))
+    if isinstance(module, InvConv1x1):
+        return (module.channels, module.channels)
+    if isinstance(module, nn.Conv2d):
+        kh, kw = _pair(module.kernel_size)
+        return (module.out_channels, module.in_channels * kh * kw + b)
+    if isinstance(module, nn.ConvTranspose2d):
+        kh, kw = _pair(module.kernel_size)
+        return (module.out_channels, module.in_channels * kh * kw + b)
+    if isinstance(module, nn.Linear):
+        return (module.out_features, module.in_features + b)
+    raise UnsupportedLayer(f"No gradient layout for {type(module).__name__}.")
+
+
+def _append_ones(h: torch.Tensor) -> torch.Tensor:
+    n, _, t = h.shape
+    return torch.cat([h, h.new_ones(n, 1, t)], 1)
+
+
+def _input_factor(module: nn.Module, x: torch.Tensor, out_hw: tuple[int, ...]) -> torch.Tensor:
+    """Input factor ``h`` ``(N, D, T)`` of one layer from its raw input."""
+    n = x.shape[0]
+    if isinstance(module, InvConv1x1):
+        return x.reshape(n, x.shape[1], -1)
+    if isinstance(module, nn.Conv2d):
+        if isinstance(module.padding, str) or module.padding_mode != "zeros":
+            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+            x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+            padding = 0
+        else:
+            padding = module.padding
+        h = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+    elif isinstance(module, nn.ConvTranspose2d):
+        sh, sw = _pair(module.stride)
+        kh, kw = _pair(module.kernel_size)
+        dh, dw = _pair(module.dilation)
+        ph, pw = _pair(module.padding)
+        c, hi, wi = x.shape[1:]
+        if (sh, sw) != (1, 1):  # zero insertion
+            up = x.new_zeros(n, c, (hi - 1) * sh + 1, (wi - 1) * sw + 1)
+            up[:, :, ::sh, ::sw] = x
+        else:
+            up = x
+        lh, lw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+        # right/bottom padding chosen so the unfold yields exactly the recorded output size
+        # (this also covers output_padding and forward(..., output_size=...)).
+        rh = out_hw[0] + dh * (kh - 1) - up.shape[2] - lh
+        rw = out_hw[1] + dw * (kw - 1) - up.shape[3] - lw
+        up = F.pad(up, (lw, rw, lh, rh))  # negative values crop
+        h = F.unfold(up, (kh, kw), dilation=(dh, dw))
+    elif isinstance(module, nn.Linear):
+        h = x.reshape(n, -1, x.shape[-1]).transpose(1, 2)
+    else:  # pragma: no cover - guarded by check_supported
+        raise UnsupportedLayer(type(module).__name__)
+    return _append_ones(h) if _has_bias(module) else h
+
+
+def _output_factor(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    """Output factor ``δ`` ``(N, C, T)`` from the gradient w.r.t. the layer output."""
+    n = g.shape[0]
+    if isinstance(module, nn.Linear):
+        return g.reshape(n, -1, g.shape[-1]).transpose(1, 2)
+    return g.reshape(n, g.shape[1], -1)
+
+
+def _to_param_shape(module: nn.Module, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    n = g.shape[0]
+    bias = g[:, :, -1] if _has_bias(module) else None
+    w = g[:, :, :-1] if _has_bias(module) else g
+    if isinstance(module, InvConv1x1) or isinstance(module, nn.Linear):
+        return w, bias
+    if isinstance(module, nn.Conv2d):
+        return w.reshape(n, *module.weight.shape), bias
+    if isinstance(module, nn.ConvTranspose2d):
+        kh, kw = _pair(module.kernel_size)
+        wt = w.reshape(n, module.out_channels, module.in_channels, kh, kw).flip(3, 4).transpose(1, 2)
+        return wt, bias
+    raise UnsupportedLayer(type(module).__name__)  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# Factors
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class LayerFactors:
+    """Per-sample gradient factors of one layer for one batch.
+
+    ``G_i = Σ_t delta[i, :, t] h[i, :, t]ᵀ + offset`` for every sample ``i``.
+    ``h`` and ``delta`` are computed lazily from the raw input and output
+    gradient the hooks kept (and cached), so unused layouts cost nothing.
+    """
+
+    name: str
+    module: nn.Module
+    raw_input: torch.Tensor
+    raw_grad: torch.Tensor
+    out_hw: tuple[int, ...]
+    offset: torch.Tensor | None = None
+    _h: torch.Tensor | None = field(default=None, repr=False)
+    _delta: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def h(self) -> torch.Tensor:
+        """Input factor ``(N, D, T)``: unfolded inputs per position (plus a row of ones for a bias)."""
+        if self._h is None:
+            self._h = _input_factor(self.module, self.raw_input, self.out_hw)
+        return self._h
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """Output factor ``(N, C, T)``: ``∂ℓ_i/∂output`` per position."""
+        if self._delta is None:
+            self._delta = _output_factor(self.module, self.raw_grad)
+        return self._delta
+
+    @property
+    def n(self) -> int:
+        return self.raw_input.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(C, D)`` of the gradient matrix."""
+        return grad_shape(self.module)
+
+    @property
+    def positions(self) -> int:
+        """``T``, the number of positions summed over (1 for a plain linear layer)."""
+        return self.delta.shape[2]
+
+    def chunks(self, max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> Iterator[slice]:
+        """Row slices so that one ``(n, C, D)`` block has at most ``max_elements`` elements."""
+        c, d = self.shape
+        step = max(1, max_elements // max(1, c * d))
+        for i in range(0, self.n, step):
+            yield slice(i, min(i + step, self.n))
+
+    def grads_chunk(self, rows: slice) -> torch.Tensor:
+        """Per-sample gradients ``(n, C, D)`` of the samples in ``rows`` (unfold + bmm)."""
+        g = torch.bmm(self.delta[rows], self.h[rows].transpose(1, 2))
+        if self.offset is not None:
+            g += self.offset
+        return g
+
+    def grads(self, max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+        """All per-sample gradient matrices ``(N, C, D)`` (computed in chunks)."""
+        return torch.cat([self.grads_chunk(r) for r in self.chunks(max_elements)], 0)
+
+    def to_param_shape(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Map ``(N, C, D)`` gradients to ``(N, *weight.shape)`` and ``(N, C_out)`` bias (or None)."""
+        return _to_param_shape(self.module, g)
+
+
+# --------------------------------------------------------------------------------------------
+# Capture
+# --------------------------------------------------------------------------------------------
+
+def resolve_layers(model: nn.Module, layers: str | list[str] | tuple[str, ...] | Mapping[str, nn.Module]
+                   = "default") -> dict[str, nn.Module]:
+    """Scored layers by selector: ``"default"``/``"all"`` (``model.scored_layers``), a list of
+    module names (``model.named_modules()``), or a ready ``{name: module}`` mapping."""
+    if isinstance(layers, str):
+        out = dict(model.scored_layers(layers))
+    elif isinstance(layers, Mapping):
+        out = dict(layers)
+    else:
+        modules = dict(model.named_modules())
+        names = list(layers)
+        if not names:
+            raise ValueError("The list of layers to score is empty.")
+        missing = [n for n in names if n not in modules]
+        if missing:
+            known = [n for n, m in modules.items() if isinstance(m, _SUPPORTED)]
+            raise ValueError(f"Unknown layer name(s) {missing}; scorable layers of this model include {known[:8]}.")
+        if len(set(names)) != len(names):
+            raise ValueError(f"Duplicate layer names in {names}.")
+        out = {n: modules[n] for n in names}
+    if not out:
+        raise ValueError("No layers to score.")
+    for name, m in out.items():
+        check_supported(name, m)
+    return out
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, t in modes.items():
+            m.training = t
+
+
+@contextlib.contextmanager
+def _params_require_grad(modules: list[nn.Module]):
+    params = [p for m in modules for p in m.parameters(recurse=False)]
+    old = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield params
+    finally:
+        for p, r in zip(params, old):
+            p.requires_grad_(r)
+
+
+def capture_factors(model: nn.Module, x: torch.Tensor, layers: Mapping[str, nn.Module],
+                    loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, dict[str, LayerFactors]]:
+    """One forward and one backward pass: the per-sample loss ``(N,)`` (detached) and the
+    :class:`LayerFactors` of each layer in ``layers``.
+
+    ``loss_fn`` defaults to ``model.per_sample_loss`` and must return one loss per sample.
+    The model runs in eval mode (restored afterwards). Only the gradients w.r.t. the scored
+    layers' outputs are computed (``torch.autograd.grad`` with those outputs as inputs): no
+    parameter gradient is formed, and ``.grad`` of parameters is left untouched. Each scored
+    layer must be called exactly once per forward pass.
+    """
+    loss_fn = loss_fn or model.per_sample_loss
+    for name, m in layers.items():
+        check_supported(name, m)
+    inputs: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    versions: dict[str, int] = {}
+    grads: dict[str, torch.Tensor] = {}
+    offsets: dict[str, torch.Tensor] = {}
+
+    def make_hook(name: str):
+        def tensor_hook(g: torch.Tensor) -> None:
+            grads[name] = g
+
+        def hook(module: nn.Module, args: tuple, output) -> None:
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            inputs[name].append(args[0].detach())
+            outputs[name].append(out)
+            versions[name] = out._version
+            if out.requires_grad:
+                out.register_hook(tensor_hook)
+            if isinstance(module, InvConv1x1):
+                offsets[name] = module.weight_grad_offset().to(out.dtype)
+        return hook
+
+    with _eval_mode(model), torch.enable_grad(), _params_require_grad(list(layers.values())) as params:
+        handles = [m.register_forward_hook(make_hook(name)) for name, m in layers.items()]
+        try:
+            loss = loss_fn(x)
+        finally:
+            for h in handles:
+                h.remove()
+        if loss.ndim != 1 or loss.shape[0] != x.shape[0]:
+            raise ValueError(f"The loss must have one value per sample, shape ({x.shape[0]},); got {tuple(loss.shape)}.")
+        for name in layers:
+            if len(outputs[name]) != 1:
+                raise RuntimeError(f"Layer {name!r} was called {len(outputs[name])} times in one forward pass; "
+                                   "per-sample gradients need each scored layer to be used exactly once.")
+        outs = [outputs[name][0] for name in layers]
+        if not any(o.requires_grad for o in outs):
+            raise RuntimeError("None of the scored layers' outputs requires a gradient.")
+        # Differentiate w.r.t. the layer outputs (cheapest: nothing below them is computed). If an
+        # in-place op modified an output after the layer produced it, fall back to the layers'
+        # parameters; the tensor hooks still deliver the gradient of the original output.
+        modified = any(o._version != versions[n] for n, o in zip(layers, outs))
+        targets = params if modified else [o for o in outs if o.requires_grad]
+        if loss.requires_grad:
+            torch.autograd.grad(loss.sum(), targets, allow_unused=True)
+
+    factors = {}
+    for name, m in layers.items():
+        out = outputs[name][0]
+        g = grads.get(name)
+        if g is None:  # the loss does not depend on this layer
+            g = torch.zeros_like(out)
+        factors[name] = LayerFactors(name, m, inputs[name][0], g.detach(), tuple(out.shape[2:]), offsets.get(name))
+    return loss.detach(), factors
+
+
+def per_sample_grads(model: nn.Module, x: torch.Tensor, layers: Mapping[str, nn.Module] | str | list[str] = "default",
+                     loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-sample loss ``(N,)`` and gradient matrices ``{name: (N, C, D)}`` (see the module doc for layouts)."""
+    layers = resolve_layers(model, layers)
+    loss, factors = capture_factors(model, x, layers, loss_fn)
+    with torch.no_grad():
+        return loss, {name: f.grads(max_elements) for name, f in factors.items()}
