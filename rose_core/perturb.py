@@ -32,14 +32,14 @@ def brightness(x: torch.Tensor, factor: float) -> torch.Tensor:
     """Multiply intensities by ``factor`` and clip (torchvision ``adjust_brightness``)."""
     if factor < 0:
         raise ValueError("brightness factor must be non-negative")
-    if x.dtype == torch.uint8:
-        return TF.adjust_brightness(x, factor)
-    xf, _ = _as_float(x)
-    return TF.adjust_brightness(xf, factor)
+    xf, u8 = _as_float(x)  # validates the shape and dtype for both paths
+    return TF.adjust_brightness(x if u8 else xf, factor)
 
 
 def svd_blur(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Drop the ``k`` smallest singular values of each channel (SVD blur)."""
+    """Drop the ``k`` smallest singular values of each channel (SVD blur); ``k >= 0``."""
+    if k < 0:
+        raise ValueError(f"svd_blur: k must be >= 0 (number of singular values dropped), got {k}.")
     xf, u8 = _as_float(x)
     u, s, vh = torch.linalg.svd(xf.double(), full_matrices=False)
     if k > 0:
@@ -56,7 +56,10 @@ def _dct_matrix(n: int, dtype=torch.float64) -> torch.Tensor:
 
 
 def dct_blur(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep only the ``k``×``k`` lowest DCT frequencies of each channel."""
+    """Keep only the ``k``×``k`` lowest DCT frequencies of each channel; ``k >= 1``
+    (``k`` >= the image size keeps everything)."""
+    if k < 1:
+        raise ValueError(f"dct_blur: k must be >= 1 (frequencies kept per axis), got {k}.")
     xf, u8 = _as_float(x)
     h, w = xf.shape[-2:]
     dh, dw = _dct_matrix(h), _dct_matrix(w)
@@ -68,10 +71,8 @@ def dct_blur(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int = 3, sigma: float = 0.8) -> torch.Tensor:
     """Gaussian blur, kernel 3 and σ 0.8 by default (the paper's 'GB')."""
-    if x.dtype == torch.uint8:
-        return TF.gaussian_blur(x, [kernel_size, kernel_size], [sigma, sigma])
-    xf, _ = _as_float(x)
-    return TF.gaussian_blur(xf, [kernel_size, kernel_size], [sigma, sigma])
+    xf, u8 = _as_float(x)  # validates the shape and dtype for both paths
+    return TF.gaussian_blur(x if u8 else xf, [kernel_size, kernel_size], [sigma, sigma])
 
 
 def random_pixels(x: torch.Tensor, fraction: float, seed: int | None = 0,
