@@ -1,0 +1,554 @@
+"""Layer-wise empirical Fisher approximations and the ROSE layer score ``s_l = gᵀ F_l⁻¹ g``.
+
+Two approximations share one interface (:class:`LayerwiseFisher`):
+
+* :class:`DiagFisher` (paper eq. 6): ``F = E[g²]`` elementwise; ``s = Σ g² / (F + λ)``.
+* :class:`EkfacFisher` (George et al. 2018; paper eq. 7-9, Appendix A):
+  ``A = E[h hᵀ]``, ``B = E[δ δᵀ]`` averaged over samples **and positions**
+  (``h``: unfolded inputs per position with a 1 for a bias, ``δ``: gradient of
+  the loss w.r.t. the layer output per position; see :mod:`rose_core.pergrad`),
+  eigenbases ``U_A``, ``U_B`` by ``torch.linalg.eigh`` in float64,
+  ``G̃ = U_Bᵀ G U_A`` for the per-sample gradient ``G`` (``C × D``),
+  ``Σ = E[G̃²]`` over samples, and ``s = Σ_ij G̃_ij² / (Σ_ij + λ)``.
+  This equals ``vec(G)ᵀ (U diag(vec Σ + λ) Uᵀ)⁻¹ vec(G)`` with ``U = U_A ⊗ U_B``
+  and column-major ``vec`` (``(U_A ⊗ U_B)ᵀ vec(G) = vec(U_Bᵀ G U_A)``).
+
+Damping is **relative**: ``λ = damping · mean(F)`` (DIAG) or ``damping · mean(Σ)``
+(EKFAC), per layer, so scores do not change when the loss is multiplied by a
+constant (the default ``damping = 1e-8`` only guards directions of zero variance).
+
+Fitting is pass-based and every pass only **adds sums and counts**, so fits are
+mergeable — across batches, processes or machines::
+
+    fisher = EkfacFisher()
+    for p in range(fisher.passes):              # DIAG: 1 pass, EKFAC: 2 passes
+        for batch in fit_batches:
+            fisher.update(stats_of(batch))      # {layer: LayerFactors}
+        # distributed: for t in fisher.accumulators().values(): all_reduce(t)
+        fisher.end_pass()
+
+EKFAC's two phases: pass 0 accumulates ``Σ h hᵀ``, ``Σ δ δᵀ`` and their counts;
+``end_pass`` computes the eigenbases from those sums; pass 1 accumulates
+``Σ G̃²`` and the sample count in that fixed basis. Two partial fits merge
+exactly (up to float64 rounding of the sums) into the full fit provided phase-1
+sums are merged *before* the bases are computed and phase-2 sums are computed
+in the same bases: ``a.merge(b)`` (phase 0) → ``a.end_pass()`` →
+``a2, b2 = a.empty_like(), a.empty_like()`` → ``update`` each on its share →
+``a2.merge(b2)`` → ``a2.end_pass()``. :meth:`merge` refuses fits whose earlier
+results (eigenbases) differ. With ``torch.distributed``, all-reduce
+:meth:`accumulators` (sum) before each ``end_pass``; ``eigh`` of identical sums
+gives identical bases on identical hardware/software (broadcast ``U_A``/``U_B``
+from one rank to be safe on heterogeneous clusters).
+
+Speed (the Fisher code is on ROSE's hot path): statistics are computed in the
+dtype of the factors (float32 for a float32 model) and accumulated in float64.
+EKFAC rotates ``h`` and ``δ`` into the eigenbases *before* the batched product
+when that is cheaper: rotating ``h`` first costs ``T·D²`` per sample versus
+``C·D²`` for rotating ``G``; rotating ``δ`` first costs ``T·C²`` versus ``D·C²``
+(``T`` positions). With a single position and no offset (the VAE's μ/log σ²
+heads, linear layers) ``G`` is rank one and never materialised:
+``s = (δ̃²)ᵀ (1/(Σ+λ)) (h̃²)`` and ``Σ`` sums as ``(δ̃²)ᵀ (h̃²)``. Otherwise ``G̃`` is
+built chunk by chunk (bounded memory) and ``s`` is a matrix-vector product
+with ``1/(Σ+λ)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+
+from rose_core.errors import CheckpointError
+from rose_core.pergrad import DEFAULT_CHUNK_ELEMENTS, LayerFactors
+
+__all__ = ["LayerwiseFisher", "DiagFisher", "EkfacFisher", "make_fisher", "fisher_from_state_dict",
+           "save_fisher", "load_fisher", "FISHER_KINDS"]
+
+Stat = LayerFactors | torch.Tensor
+"""A layer's statistics for a batch: its :class:`LayerFactors`, or dense per-sample gradients ``(N, C, D)``."""
+
+_F64 = torch.float64
+
+
+def _rows(n: int, c: int, d: int, max_elements: int) -> Iterator[slice]:
+    step = max(1, max_elements // max(1, c * d))
+    for i in range(0, n, step):
+        yield slice(i, min(i + step, n))
+
+
+def _rank_one(stat: Stat) -> bool:
+    return isinstance(stat, LayerFactors) and stat.offset is None and stat.positions == 1
+
+
+def _shape_of(stat: Stat) -> tuple[int, int]:
+    return stat.shape if isinstance(stat, LayerFactors) else (stat.shape[1], stat.shape[2])
+
+
+def _dense_blocks(stat: Stat, max_elements: int) -> Iterator[torch.Tensor]:
+    """Per-sample gradient blocks ``(n, C, D)`` of a statistic."""
+    if isinstance(stat, LayerFactors):
+        for rows in stat.chunks(max_elements):
+            yield stat.grads_chunk(rows)
+    else:
+        if stat.ndim != 3:
+            raise ValueError(f"Dense per-sample gradients must have shape (N, C, D), got {tuple(stat.shape)}.")
+        n, c, d = stat.shape
+        for rows in _rows(n, c, d, max_elements):
+            yield stat[rows]
+
+
+def _weighted_sq_norm(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``Σ_ij g_ij² w_ij`` per sample of ``g`` ``(n, C, D)``."""
+    n = g.shape[0]
+    return (g * g).reshape(n, -1) @ w.reshape(-1)
+
+
+class LayerwiseFisher:
+    """Block-diagonal (one block per layer) Fisher approximation; see the module docstring.
+
+    Subclasses define the per-layer accumulators of each pass and the score.
+    """
+
+    kind: str = "base"
+    passes: int = 1
+    _KIND_ID = {"diag": 1, "ekfac": 2}
+
+    def __init__(self, damping: float = 1e-8, max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> None:
+        if not (damping >= 0.0) or damping != damping or damping == float("inf"):
+            raise ValueError(f"damping must be a finite number >= 0, got {damping!r}.")
+        self.damping = float(damping)
+        self.max_elements = int(max_elements)
+        self.phase = 0
+        self.state: dict[str, dict[str, torch.Tensor]] = {}
+        self._weights: dict[tuple, torch.Tensor] = {}
+
+    # --- interface -------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """True once every pass has ended: :meth:`precondition_norm` can be called."""
+        return self.phase >= self.passes
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.state)
+
+    def layer_shapes(self) -> dict[str, tuple[int, int]]:
+        """``{layer: (C, D)}`` of the fitted gradient matrices."""
+        return {name: self._shape(st) for name, st in self.state.items()}
+
+    def update(self, stats: Mapping[str, Stat]) -> None:
+        """Accumulate one batch of per-layer statistics into the current pass's sums."""
+        if self.ready:
+            raise RuntimeError(f"This {self.kind} fit is finished ({self.passes} pass(es) ended); "
+                               "use empty_like() + merge() to add data.")
+        if self.state and set(stats) != set(self.state):
+            raise ValueError(f"Statistics for layers {sorted(stats)} do not match the fit's layers {sorted(self.state)}.")
+        self._weights.clear()
+        with torch.no_grad():
+            for name, stat in stats.items():
+                if name not in self.state:
+                    if self.phase > 0:
+                        raise ValueError(f"Layer {name!r} was not seen in the first pass.")
+                    self.state[name] = {}
+                st = self.state[name]
+                if "shape" in st and tuple(st["shape"].tolist()) != _shape_of(stat):
+                    raise ValueError(f"Layer {name!r}: gradient shape {_shape_of(stat)} does not match the fit's "
+                                     f"{tuple(st['shape'].tolist())}.")
+                self._update_layer(name, st, stat)
+
+    def end_pass(self) -> None:
+        """Close the current pass (EKFAC: computes the eigenbases after pass 0)."""
+        if self.ready:
+            raise RuntimeError("All passes have already ended.")
+        if not self.state:
+            raise RuntimeError("No statistics were accumulated in this pass (empty fit set?).")
+        for name, st in self.state.items():
+            if float(st[self._count_key(self.phase)]) <= 0:
+                raise RuntimeError(f"Layer {name!r} received no samples in pass {self.phase}.")
+        with torch.no_grad():
+            for st in self.state.values():
+                self._end_pass_layer(st, self.phase)
+        self.phase += 1
+        self._weights.clear()
+
+    def accumulators(self) -> dict[str, torch.Tensor]:
+        """The live sum/count tensors of the current (or, once ready, the last) pass, by state key.
+
+        Summing them across fits (``dist.all_reduce`` in place) is how fits merge.
+        """
+        p = min(self.phase, self.passes - 1)
+        keys = self._acc_keys(p)
+        return {f"{name}/{k}": st[k] for name, st in self.state.items() for k in keys if k in st}
+
+    def empty_like(self) -> "LayerwiseFisher":
+        """A fit in the same pass with the same earlier results (e.g. eigenbases) and zero accumulators."""
+        new = type(self)(damping=self.damping, max_elements=self.max_elements)
+        new.phase = self.phase
+        p = min(self.phase, self.passes - 1)
+        acc = set(self._acc_keys(p))
+        for name, st in self.state.items():
+            new.state[name] = {k: (torch.zeros_like(v) if k in acc else v.clone()) for k, v in st.items()}
+        return new
+
+    def merge(self, other: "LayerwiseFisher") -> "LayerwiseFisher":
+        """Add ``other``'s sums of the current pass to this fit (in place; returns ``self``).
+
+        Both fits must be of the same kind and pass and share every earlier result
+        (EKFAC: identical eigenbases). Merging two fits of disjoint halves equals the
+        fit of the whole, up to float64 rounding of the sums.
+        """
+        if type(other) is not type(self):
+            raise ValueError(f"Cannot merge a {other.kind} fit into a {self.kind} fit.")
+        if other.phase != self.phase:
+            raise ValueError(f"Cannot merge fits in different passes ({self.phase} vs {other.phase}).")
+        if not other.state:
+            return self
+        if not self.state:
+            self.state = {n: {k: v.clone() for k, v in st.items()} for n, st in other.state.items()}
+            self._weights.clear()
+            return self
+        if set(other.state) != set(self.state):
+            raise ValueError(f"Cannot merge fits of different layers: {sorted(self.state)} vs {sorted(other.state)}.")
+        p = min(self.phase, self.passes - 1)
+        acc = set(self._acc_keys(p))
+        for name, st in self.state.items():
+            ot = other.state[name]
+            if not torch.equal(st["shape"], ot["shape"]):
+                raise ValueError(f"Layer {name!r} has different shapes in the two fits.")
+            for k, v in st.items():
+                if k in acc or k == "shape":
+                    continue
+                if k in ot and not torch.equal(v, ot[k].to(v.device)):
+                    raise ValueError(f"Layer {name!r}: the fits differ in {k!r}; only fits sharing every earlier "
+                                     "result (e.g. EKFAC eigenbases) can be merged. Merge the first-pass sums, "
+                                     "compute the bases once, then fit the second pass in those bases (empty_like()).")
+            for k in acc:
+                if k in st:
+                    st[k] += ot[k].to(st[k].device)
+        self._weights.clear()
+        return self
+
+    def precondition_norm(self, grads: Mapping[str, Stat]) -> dict[str, torch.Tensor]:
+        """Per-sample ``s_l = g_lᵀ F_l⁻¹ g_l`` ``(N,)`` for each layer in ``grads`` (factors or dense ``(N, C, D)``)."""
+        if not self.ready:
+            raise RuntimeError(f"The {self.kind} fit is not finished: {self.phase} of {self.passes} pass(es) ended.")
+        out = {}
+        with torch.no_grad():
+            for name, stat in grads.items():
+                if name not in self.state:
+                    raise KeyError(f"Layer {name!r} is not part of this fit ({self.layers}).")
+                st = self.state[name]
+                if _shape_of(stat) != self._shape(st):
+                    raise ValueError(f"Layer {name!r}: gradient shape {_shape_of(stat)} does not match the fit's "
+                                     f"{self._shape(st)}.")
+                out[name] = self._score_layer(name, st, stat)
+        return out
+
+    def to(self, device: str | torch.device) -> "LayerwiseFisher":
+        """Move every statistic to ``device`` (in place; returns ``self``)."""
+        for st in self.state.values():
+            for k in list(st):
+                st[k] = st[k].to(device)
+        self._weights.clear()
+        return self
+
+    # --- serialisation -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat ``{key: tensor}`` (safetensors-compatible): ``_meta.*`` plus ``{layer}/{field}``."""
+        sd = {"_meta.kind": torch.tensor(self._KIND_ID[self.kind]),
+              "_meta.phase": torch.tensor(self.phase),
+              "_meta.damping": torch.tensor(self.damping, dtype=_F64)}
+        for name, st in self.state.items():
+            for k, v in st.items():
+                sd[f"{name}/{k}"] = v
+        return sd
+
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], max_elements: int = DEFAULT_CHUNK_ELEMENTS
+                        ) -> "LayerwiseFisher":
+        """Rebuild a fit from :meth:`state_dict` (``cls`` may be the base class: the kind is read from ``sd``)."""
+        try:
+            kind_id = int(sd["_meta.kind"])
+            kind = {v: k for k, v in cls._KIND_ID.items()}[kind_id]
+            target = FISHER_KINDS[kind]
+            if cls is not LayerwiseFisher and cls is not target:
+                raise ValueError(f"The state holds a {kind} fit, not {cls.kind}.")
+            new = target(damping=float(sd["_meta.damping"]), max_elements=max_elements)
+            new.phase = int(sd["_meta.phase"])
+        except KeyError as exc:
+            raise ValueError(f"Not a Fisher state dict (missing {exc}).") from exc
+        for key, v in sd.items():
+            if key.startswith("_meta."):
+                continue
+            name, field = key.rsplit("/", 1)
+            new.state.setdefault(name, {})[field] = v
+        needed = new._required_keys(new.phase)
+        for name, st in new.state.items():
+            missing = needed - set(st)
+            if missing:
+                raise ValueError(f"Fisher state for layer {name!r} lacks {sorted(missing)}.")
+        return new
+
+    # --- per-layer hooks for subclasses ----------------------------------------------------
+    @staticmethod
+    def _shape(st: dict[str, torch.Tensor]) -> tuple[int, int]:
+        return tuple(int(v) for v in st["shape"].tolist())
+
+    def _acc_keys(self, phase: int) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _count_key(self, phase: int) -> str:
+        raise NotImplementedError
+
+    def _required_keys(self, phase: int) -> set[str]:
+        keys = {"shape"}
+        for p in range(min(phase, self.passes - 1) + 1):
+            keys |= set(self._acc_keys(p))
+        return keys
+
+    def _update_layer(self, name: str, st: dict, stat: Stat) -> None:
+        raise NotImplementedError
+
+    def _end_pass_layer(self, st: dict, phase: int) -> None:
+        pass
+
+    def _score_layer(self, name: str, st: dict, stat: Stat) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _inverse_weights(self, name: str, st: dict, sums_key: str, count_key: str,
+                         dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``1 / (M + damping·mean(M))`` with ``M = sums / count``, cached per dtype/device."""
+        key = (name, dtype, str(device))
+        w = self._weights.get(key)
+        if w is None:
+            m = st[sums_key] / st[count_key]
+            lam = self.damping * m.mean()
+            denom = m + lam
+            if not bool((denom > 0).all()):
+                raise RuntimeError(f"Layer {name!r}: the Fisher has zero entries and damping is 0; "
+                                   "use a positive damping.")
+            w = (1.0 / denom).to(device=device, dtype=dtype)
+            self._weights[key] = w
+        return w
+
+
+class DiagFisher(LayerwiseFisher):
+    """Diagonal empirical Fisher ``F = E[g²]`` (one pass); ``s = Σ g² / (F + λ)``, ``λ = damping·mean(F)``."""
+
+    kind = "diag"
+    passes = 1
+
+    def _acc_keys(self, phase: int) -> tuple[str, ...]:
+        return ("sq_sum", "count")
+
+    def _count_key(self, phase: int) -> str:
+        return "count"
+
+    def _update_layer(self, name: str, st: dict, stat: Stat) -> None:
+        c, d = _shape_of(stat)
+        if "sq_sum" not in st:
+            dev = stat.raw_grad.device if isinstance(stat, LayerFactors) else stat.device
+            st["shape"] = torch.tensor([c, d])
+            st["sq_sum"] = torch.zeros(c, d, dtype=_F64, device=dev)
+            st["count"] = torch.zeros((), dtype=_F64, device=dev)
+        if _rank_one(stat):
+            dl, hl = stat.delta[:, :, 0], stat.h[:, :, 0]
+            st["sq_sum"] += ((dl * dl).T @ (hl * hl)).to(_F64)
+            st["count"] += stat.n
+            return
+        n = 0
+        for g in _dense_blocks(stat, self.max_elements):
+            st["sq_sum"] += (g * g).sum(0).to(_F64)
+            n += g.shape[0]
+        st["count"] += n
+
+    def fisher(self, name: str) -> torch.Tensor:
+        """``F = E[g²]`` ``(C, D)`` of a layer (float64)."""
+        st = self.state[name]
+        return st["sq_sum"] / st["count"]
+
+    def _score_layer(self, name: str, st: dict, stat: Stat) -> torch.Tensor:
+        if isinstance(stat, LayerFactors):
+            dtype, dev = stat.delta.dtype, stat.delta.device
+        else:
+            dtype, dev = stat.dtype, stat.device
+        w = self._inverse_weights(name, st, "sq_sum", "count", dtype, dev)
+        if _rank_one(stat):
+            dl, hl = stat.delta[:, :, 0], stat.h[:, :, 0]
+            return ((dl * dl) @ w * (hl * hl)).sum(1)
+        return torch.cat([_weighted_sq_norm(g, w) for g in _dense_blocks(stat, self.max_elements)])
+
+
+class EkfacFisher(LayerwiseFisher):
+    """Eigenvalue-corrected Kronecker-factored Fisher (two passes); see the module docstring.
+
+    Per layer: pass 0 sums ``A_sum = Σ h hᵀ``, ``B_sum = Σ δ δᵀ`` over samples and positions
+    (``pos_count``) and counts samples (``n_factors``); ``end_pass`` sets ``U_A``, ``U_B``
+    (and eigenvalues ``eig_A``, ``eig_B``) from ``A = A_sum/pos_count``, ``B = B_sum/pos_count``;
+    pass 1 sums ``sigma_sum = Σ_i G̃_i²`` and ``count``. ``Σ = sigma_sum / count``.
+    """
+
+    kind = "ekfac"
+    passes = 2
+
+    def _acc_keys(self, phase: int) -> tuple[str, ...]:
+        return ("A_sum", "B_sum", "pos_count", "n_factors") if phase == 0 else ("sigma_sum", "count")
+
+    def _count_key(self, phase: int) -> str:
+        return "n_factors" if phase == 0 else "count"
+
+    def _required_keys(self, phase: int) -> set[str]:
+        keys = super()._required_keys(phase)
+        return keys | {"U_A", "U_B", "eig_A", "eig_B"} if phase >= 1 else keys
+
+    def _update_layer(self, name: str, st: dict, stat: Stat) -> None:
+        if self.phase == 0:
+            self._update_factors(st, stat)
+        else:
+            self._update_sigma(name, st, stat)
+
+    def _update_factors(self, st: dict, stat: Stat) -> None:
+        if not isinstance(stat, LayerFactors):
+            raise TypeError("EKFAC's first pass needs the factors h and δ (LayerFactors), not dense gradients.")
+        c, d = stat.shape
+        h, dl = stat.h, stat.delta
+        if "A_sum" not in st:
+            dev = dl.device
+            st["shape"] = torch.tensor([c, d])
+            st["A_sum"] = torch.zeros(d, d, dtype=_F64, device=dev)
+            st["B_sum"] = torch.zeros(c, c, dtype=_F64, device=dev)
+            st["pos_count"] = torch.zeros((), dtype=_F64, device=dev)
+            st["n_factors"] = torch.zeros((), dtype=_F64, device=dev)
+        n, _, t = h.shape
+        hm = h[:, :, 0] if t == 1 else h.transpose(0, 1).reshape(d, n * t).T
+        dm = dl[:, :, 0] if t == 1 else dl.transpose(0, 1).reshape(c, n * t).T
+        st["A_sum"] += (hm.T @ hm).to(_F64)
+        st["B_sum"] += (dm.T @ dm).to(_F64)
+        st["pos_count"] += n * t
+        st["n_factors"] += n
+
+    def _end_pass_layer(self, st: dict, phase: int) -> None:
+        if phase != 0:
+            return
+        a = st["A_sum"] / st["pos_count"]
+        b = st["B_sum"] / st["pos_count"]
+        # contiguous copies: a reloaded fit (safetensors stores row-major) then scores bit-identically
+        eig_a, u_a = torch.linalg.eigh(0.5 * (a + a.T))
+        eig_b, u_b = torch.linalg.eigh(0.5 * (b + b.T))
+        st["eig_A"], st["U_A"] = eig_a, u_a.contiguous()
+        st["eig_B"], st["U_B"] = eig_b, u_b.contiguous()
+        c, d = self._shape(st)
+        st["sigma_sum"] = torch.zeros(c, d, dtype=_F64, device=a.device)
+        st["count"] = torch.zeros((), dtype=_F64, device=a.device)
+
+    def _bases(self, name: str, st: dict, dtype: torch.dtype, device: torch.device):
+        key = (name, "U", dtype, str(device))
+        u = self._weights.get(key)
+        if u is None:
+            u = (st["U_A"].to(device=device, dtype=dtype), st["U_B"].to(device=device, dtype=dtype))
+            self._weights[key] = u
+        return u
+
+    def _rotated(self, name: str, st: dict, stat: Stat):
+        """``("rank1", h̃ (N, D), δ̃ (N, C))`` or ``("dense", iterator of G̃ blocks (n, C, D))``."""
+        if isinstance(stat, LayerFactors):
+            dtype, dev = stat.delta.dtype, stat.delta.device
+        else:
+            dtype, dev = stat.dtype, stat.device
+        ua, ub = self._bases(name, st, dtype, dev)
+        if _rank_one(stat):
+            return "rank1", stat.h[:, :, 0] @ ua, stat.delta[:, :, 0] @ ub
+        if not isinstance(stat, LayerFactors):
+            return "dense", (ub.T @ g @ ua for g in _dense_blocks(stat, self.max_elements)), None
+        return "dense", self._rotated_blocks(stat, ua, ub), None
+
+    def _rotated_blocks(self, f: LayerFactors, ua: torch.Tensor, ub: torch.Tensor) -> Iterator[torch.Tensor]:
+        c, d = f.shape
+        t = f.positions
+        h_first = t <= c   # T·D² (rotate h) vs C·D² (rotate G from the right)
+        d_first = t <= d   # T·C² (rotate δ) vs D·C² (rotate G from the left)
+        off = f.offset
+        if off is not None:
+            if d_first:
+                off = ub.T @ off
+            if h_first:
+                off = off @ ua
+        for rows in f.chunks(self.max_elements):
+            a = f.delta[rows]       # (n, C, T)
+            b = f.h[rows]           # (n, D, T)
+            if d_first:
+                a = (a.transpose(1, 2) @ ub).transpose(1, 2)
+            if h_first:
+                b = (b.transpose(1, 2) @ ua).transpose(1, 2)
+            g = torch.bmm(a, b.transpose(1, 2))
+            if off is not None:
+                g += off
+            if not d_first:
+                g = ub.T @ g
+            if not h_first:
+                g = g @ ua
+            yield g
+
+    def _update_sigma(self, name: str, st: dict, stat: Stat) -> None:
+        mode, x, y = self._rotated(name, st, stat)
+        if mode == "rank1":
+            st["sigma_sum"] += ((y * y).T @ (x * x)).to(_F64)
+            st["count"] += x.shape[0]
+            return
+        n = 0
+        for g in x:
+            st["sigma_sum"] += (g * g).sum(0).to(_F64)
+            n += g.shape[0]
+        st["count"] += n
+
+    def sigma(self, name: str) -> torch.Tensor:
+        """``Σ = E[G̃²]`` ``(C, D)`` of a layer (float64)."""
+        st = self.state[name]
+        return st["sigma_sum"] / st["count"]
+
+    def _score_layer(self, name: str, st: dict, stat: Stat) -> torch.Tensor:
+        mode, x, y = self._rotated(name, st, stat)
+        if mode == "rank1":
+            w = self._inverse_weights(name, st, "sigma_sum", "count", x.dtype, x.device)
+            return ((y * y) @ w * (x * x)).sum(1)
+        out = []
+        w = None
+        for g in x:
+            if w is None:
+                w = self._inverse_weights(name, st, "sigma_sum", "count", g.dtype, g.device)
+            out.append(_weighted_sq_norm(g, w))
+        return torch.cat(out)
+
+
+FISHER_KINDS: dict[str, type[LayerwiseFisher]] = {"diag": DiagFisher, "ekfac": EkfacFisher}
+
+
+def make_fisher(kind: str, damping: float = 1e-8, **kwargs) -> LayerwiseFisher:
+    """A new, empty fit of ``kind`` (``"diag"`` or ``"ekfac"``)."""
+    if kind not in FISHER_KINDS:
+        raise ValueError(f"Unknown Fisher approximation {kind!r}; expected one of {sorted(FISHER_KINDS)}.")
+    return FISHER_KINDS[kind](damping=damping, **kwargs)
+
+
+def fisher_from_state_dict(sd: Mapping[str, torch.Tensor]) -> LayerwiseFisher:
+    return LayerwiseFisher.from_state_dict(sd)
+
+
+def save_fisher(fisher: LayerwiseFisher, path: str | os.PathLike) -> None:
+    """Write a fit to one ``.safetensors`` file (tensors only; nothing is pickled)."""
+    from rose_core.checkpoint import save_tensors
+
+    save_tensors(fisher.state_dict(), Path(path), metadata={"format": "rose-fisher", "kind": fisher.kind})
+
+
+def load_fisher(path: str | os.PathLike, device: str | torch.device = "cpu") -> LayerwiseFisher:
+    """Read a fit written by :func:`save_fisher`; raises :class:`CheckpointError` if unreadable."""
+    from rose_core.checkpoint import load_tensors
+
+    sd = load_tensors(Path(path))
+    try:
+        return LayerwiseFisher.from_state_dict(sd).to(device)
+    except ValueError as exc:
+        raise CheckpointError(f"{path} is not a valid Fisher fit ({exc}).") from exc
