@@ -1,7 +1,7 @@
 """Offline stand-ins for the OOD test sets that cannot be downloaded here.
 
 KMNIST, NotMNIST, Omniglot, SVHN, CelebA and LSUN have no offline source (see
-``docs/rose-notes.md`` section 2). This module registers clearly named
+the project notes, ``rose-notes.md`` section 2). This module registers clearly named
 substitutes built from what a Debian machine and the Python packages ship:
 
 ==================  ================  ====================================================
@@ -26,7 +26,8 @@ Conventions, shared with the real datasets in :mod:`rose_core.data.real`:
 * every set has a ``test`` split only, with labels where they mean something
   (letter, kana, character or digit class; photo index for ``photo-crops``);
 * each set is a pure function of a fixed seed and of the installed fonts or
-  packages: the same machine set-up gives the same images, byte for byte.
+  packages: the same set-up (fonts, Pillow and its FreeType, scikit-image)
+  gives the same images, byte for byte.
   Fonts are found by scanning :data:`FONT_DIRS` in sorted path order, so
   installing more fonts changes (and enriches) the rendered sets; delete the
   cached ``.npz`` files to rebuild them.
@@ -80,7 +81,7 @@ LATIN_FONT_EXTRAS = (
     "fonts-cantarell fonts-ebgaramond fonts-oldstandard fonts-crosextra-caladea"
 )
 KANA_FONT_PACKAGES = "fonts-kouzan-mouhitsu"
-KANA_FONT_EXTRAS = "fonts-aoyagi-kouzan-t fonts-aoyagi-soseki fonts-kiloji fonts-seto"
+KANA_FONT_EXTRAS = "fonts-aoyagi-soseki fonts-kiloji fonts-seto"  # fonts-aoyagi-kouzan-t duplicates a kouzan font
 SCRIPT_FONT_PACKAGES = "fonts-noto-core"
 FOOLBOX_WHEEL = "foolbox-3.3.4-py3-none-any.whl"
 
@@ -664,6 +665,28 @@ def make_constant(n: int, seed: int = 0, size: int = 32, channels: int = 1) -> n
 # --------------------------------------------------------------------------- registration
 
 
+# Availability probes look at file names only (a few ms); the builders check the glyphs.
+_JAPANESE_FONT_NAMES = re.compile(
+    r"kouzan|aoyagi|kiloji|setofont|/ipa(ex|mj)?[gm]|takao|vlgothic|notos(ans|erif)cjk|umefont|umeplus|"
+    r"/mplus|migmix|sawarabi|hanazono|droidsansfallback", re.IGNORECASE)
+
+
+def _probe_latin() -> bool:
+    names = [p.name.lower() for p in _font_files(_dirs())]
+    return sum(not _not_latin_text_font(n) for n in names) >= MIN_LATIN_FONTS
+
+
+def _probe_kana() -> bool:
+    if any(_JAPANESE_FONT_NAMES.search(str(p)) for p in _font_files(_dirs())):
+        return True
+    return len(kana_fonts(_dirs())) >= 1  # an unfamiliar font name: render the kana (about 1 s)
+
+
+def _probe_scripts() -> bool:
+    noto = [p for p in _font_files(_dirs()) if re.fullmatch(r"NotoSans[A-Z][A-Za-z]+-Regular\.(ttf|otf)", p.name)]
+    return len(noto) >= MIN_SCRIPTS
+
+
 def _has_module(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
@@ -699,7 +722,7 @@ register(
         how_to_get=f"apt-get install -y {LATIN_FONT_PACKAGES} (more variety: {LATIN_FONT_EXTRAS})",
     ),
     _builder("letters-fonts", make_letters),
-    available=lambda: len(latin_fonts(_dirs())) >= MIN_LATIN_FONTS,
+    available=_probe_latin,
 )
 register(
     DatasetCard(
@@ -712,7 +735,7 @@ register(
         how_to_get=f"apt-get install -y {KANA_FONT_PACKAGES} (more variety: {KANA_FONT_EXTRAS})",
     ),
     _builder("kana-fonts", make_kana),
-    available=lambda: len(kana_fonts(_dirs())) >= 1,
+    available=_probe_kana,
 )
 register(
     DatasetCard(
@@ -726,7 +749,7 @@ register(
         how_to_get=f"apt-get install -y {SCRIPT_FONT_PACKAGES}",
     ),
     _builder("glyphs-scripts", make_script_glyphs),
-    available=lambda: len(script_alphabets(_dirs())) >= MIN_SCRIPTS and _has_module("skimage", "scipy"),
+    available=lambda: _probe_scripts() and _has_module("skimage", "scipy"),
 )
 register(
     DatasetCard(
@@ -739,7 +762,7 @@ register(
         how_to_get=f"pip install scikit-image scikit-learn; apt-get install -y {LATIN_FONT_PACKAGES}",
     ),
     _builder("digits-on-photos", make_digits_on_photos),
-    available=lambda: _has_module("skimage", "sklearn", "scipy") and len(digit_fonts(_dirs())) >= MIN_DIGIT_FONTS,
+    available=lambda: _has_module("skimage", "sklearn", "scipy") and _probe_latin(),
 )
 register(
     DatasetCard(
