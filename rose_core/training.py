@@ -114,6 +114,7 @@ def train(cfg: TrainConfig) -> dict:
     optimizer = _optimizer(model, cfg)
     base_lr = optimizer.param_groups[0]["lr"]
     start_epoch, elapsed_before, step = 0, 0.0, 0
+    warmup_origin = 0  # Glow's warm-up restarts whenever the optimizer moments start from zero
     if cfg.resume and weights_path(out).exists():
         model, _ = load_model(out)
         optimizer = _optimizer(model, cfg)
@@ -121,6 +122,13 @@ def train(cfg: TrainConfig) -> dict:
         if info:
             start_epoch, elapsed_before, step = info["epoch"], info["train_seconds"], info["step"]
             log.info("Resuming %s from epoch %d", out, start_epoch)
+        else:  # weights without optimizer state: continue the schedule with fresh moments
+            card = read_card(out)
+            start_epoch, elapsed_before, step = card.get("epochs", 0), card.get("train_seconds", 0.0), card.get("steps", 0)
+            warmup_origin = step
+            cfg.extra_card.setdefault("optimizer_reset_at_epochs", []).append(start_epoch)
+            log.warning("No optimizer state beside %s: resuming from epoch %d with fresh optimizer moments.",
+                        out, start_epoch)
     model.to(device)
     for group in optimizer.param_groups:  # moments loaded on CPU
         for p in group["params"]:
@@ -152,11 +160,11 @@ def train(cfg: TrainConfig) -> dict:
                 xb = xb.float() / 255.0
             if cfg.noise_fraction > 0:
                 xb = random_pixels(xb, cfg.noise_fraction, generator=gen)
-            lr = _lr_at(cfg, base_lr, epoch, step, steps_per_epoch)
+            lr = _lr_at(cfg, base_lr, epoch, step - warmup_origin, steps_per_epoch)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             loss = model.training_loss(xb).mean()
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss):  # syncs with a GPU each step; worth it to never store NaN weights
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
                 continue

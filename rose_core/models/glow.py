@@ -57,6 +57,7 @@ class ActNorm(nn.Module):
         self.logs = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.scale = scale
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+        self._ready = False  # Python-side cache of `initialized`: reading the buffer syncs a GPU
 
     @torch.no_grad()
     def _init(self, x: torch.Tensor) -> None:
@@ -67,8 +68,10 @@ class ActNorm(nn.Module):
         self.initialized.fill_(1)
 
     def forward(self, x: torch.Tensor, logdet: torch.Tensor, reverse: bool = False):
-        if self.training and not bool(self.initialized):
-            self._init(x)
+        if self.training and not self._ready:
+            if not bool(self.initialized):
+                self._init(x)
+            self._ready = True
         hw = x.shape[2] * x.shape[3]
         if not reverse:
             return (x + self.bias) * torch.exp(self.logs), logdet + hw * self.logs.sum()
