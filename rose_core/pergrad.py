@@ -68,7 +68,7 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 24
 """Largest number of elements of a materialised ``(n, C, D)`` gradient block (64 MiB in float32)."""
 
 
-class UnsupportedLayer(TypeError):
+class UnsupportedLayer(ValueError):
     """A layer type (or configuration, e.g. grouped convolution) per-sample gradients do not support."""
 
 

@@ -1,0 +1,277 @@
+"""RoseScorer end to end on tiny models, aggregation, streaming fits, persistence and validation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rose_core.errors import CheckpointError, InvalidInput
+from rose_core.models import VAE, Glow, GlowConfig, VAEConfig
+from rose_core.scorers.rose import RoseScorer, aggregate, split_mask
+
+
+def _tiny_vae(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    vae = VAE(VAEConfig(base_width=4, latent_dim=3)).to(dtype)
+    with torch.no_grad():
+        for m in vae.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return vae.eval()
+
+
+def _tiny_glow(seed=0):
+    torch.manual_seed(seed)
+    glow = Glow(GlowConfig(K=2, L=2, hidden=8))
+    with torch.no_grad():
+        for p in glow.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return glow.eval()
+
+
+def _images(n, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 1, 32, 32, generator=g, dtype=dtype) * 0.3
+    base[:, :, 8:24, 8:24] += 0.6  # a bright square: a crude "in-distribution" look
+    return base.clamp(0, 1)
+
+
+# --- aggregation ----------------------------------------------------------------------------
+
+def test_aggregate_inf_relu_is_max_of_relu():
+    z = np.array([[-1.0, 2.0, 0.5], [-3.0, -0.1, -2.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(aggregate(z), np.maximum(0, z.max(1)))
+    np.testing.assert_array_equal(aggregate(torch.tensor(z)), [2.0, 0.0, 0.0])
+
+
+def test_aggregate_max_mode_and_beta():
+    z = np.array([[-1.0, -2.0], [0.5, -3.0]])
+    np.testing.assert_array_equal(aggregate(z, mode="max"), [-1.0, 0.5])
+    np.testing.assert_array_equal(aggregate(z, beta=1.5), [0.5, 2.0])
+    np.testing.assert_array_equal(aggregate(z, beta=[0.0, 3.0], mode="max"), [1.0, 0.5])
+    with pytest.raises(ValueError):
+        aggregate(z, p=2, mode="max")
+    with pytest.raises(ValueError):
+        aggregate(z, beta=[1, 2, 3])
+    with pytest.raises(ValueError):
+        aggregate(z, p=0.5)
+    with pytest.raises(ValueError):
+        aggregate(z, mode="sum")
+
+
+def test_aggregate_p_norms():
+    z = np.array([[3.0, -4.0, 4.0], [-1.0, -1.0, -1.0]])
+    np.testing.assert_allclose(aggregate(z, p=2), [5.0, 0.0])
+    np.testing.assert_allclose(aggregate(z, p=1), [7.0, 0.0])
+    big = np.array([[1e200, 1e200]])
+    np.testing.assert_allclose(aggregate(big, p=4), [1e200 * 2 ** 0.25])  # no overflow
+    np.testing.assert_allclose(aggregate(z, p=1e6), [4.0, 0.0], rtol=1e-5)
+
+
+def test_split_mask_interleaves_exactly():
+    m = split_mask(0, 10, 0.5)
+    assert m.tolist() == [False, True] * 5
+    for n in (1, 7, 10, 101):
+        assert int(split_mask(0, n, 0.3).sum()) == math.floor(n * 0.3)
+    full = split_mask(0, 50, 0.37)
+    assert torch.equal(torch.cat([split_mask(0, 13, 0.37), split_mask(13, 37, 0.37)]), full)
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fisher", ["ekfac", "diag"])
+def test_tiny_vae_end_to_end(fisher):
+    vae = _tiny_vae()
+    scorer = RoseScorer(vae, fisher=fisher, batch_size=16).fit(_images(40))
+    assert scorer.layer_names == ["encoder.0", "encoder.2", "encoder.5", "mu_head", "logvar_head"]
+    assert scorer.n_fisher == 20 and scorer.n_norm == 20
+    x = torch.cat([_images(5, seed=1), torch.rand(5, 1, 32, 32)])
+    r = scorer.score(x)
+    assert r.score.shape == (10,) and r.extras["layer_raw"].shape == (10, 5)
+    assert r.extras["layer_z"].shape == (10, 5) and r.extras["loss"].shape == (10,)
+    assert np.isfinite(r.score).all() and (r.score >= 0).all()
+    np.testing.assert_allclose(r.extras["layer_z"], (r.extras["layer_raw"] - scorer.norm_mean) / scorer.norm_std)
+    np.testing.assert_allclose(r.score, np.maximum(0, r.extras["layer_z"].max(1)))
+    np.testing.assert_allclose(r.extras["loss"], vae.per_sample_loss(x).detach().double().numpy(), rtol=1e-5)
+    # the normalisation set's z-scores have mean 0 and std 1 by construction
+    z_norm = (scorer.norm_layer_raw - scorer.norm_mean) / scorer.norm_std
+    np.testing.assert_allclose(z_norm.mean(0), 0, atol=1e-9)
+    np.testing.assert_allclose(z_norm.std(0), 1, atol=1e-9)
+    # batch size does not change a sample's score (beyond float rounding)
+    r1 = scorer.score(x[:3])
+    np.testing.assert_allclose(r1.extras["layer_raw"], r.extras["layer_raw"][:3], rtol=1e-4)
+
+
+def test_tiny_glow_end_to_end_default_and_all():
+    glow = _tiny_glow()
+    x = _images(12)
+    s = RoseScorer(glow, fisher="diag").fit(x)
+    assert len(s.layer_names) == 4 and all("invconv" in n for n in s.layer_names)
+    r = s.score(_images(3, seed=2))
+    assert r.extras["layer_raw"].shape == (3, 4) and np.isfinite(r.score).all()
+    s_all = RoseScorer(glow, fisher="ekfac", layers="all").fit(x)
+    assert len(s_all.layer_names) > 4
+    r = s_all.score(_images(3, seed=2))
+    assert np.isfinite(r.extras["layer_raw"]).all()
+
+
+def test_fit_with_ten_images():
+    s = RoseScorer(_tiny_vae()).fit(_images(10))
+    assert s.n_fisher == 5 and s.n_norm == 5
+    assert np.isfinite(s.score(_images(2, seed=3)).score).all()
+    with pytest.raises(InvalidInput):
+        RoseScorer(_tiny_vae()).fit(_images(2))  # 1 Fisher + 1 normalisation image
+    s_same = RoseScorer(_tiny_vae(), normalization="same").fit(_images(2))
+    assert s_same.n_fisher == 2 and s_same.n_norm == 2
+
+
+def test_same_normalization_uses_the_fisher_samples():
+    vae = _tiny_vae()
+    x = _images(12)
+    s = RoseScorer(vae, normalization="same", batch_size=5).fit(x)
+    assert s.n_fisher == 12 and s.n_norm == 12
+    np.testing.assert_allclose(s.score(x).extras["layer_raw"], s.norm_layer_raw, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fisher", ["ekfac", "diag"])
+def test_scores_invariant_to_loss_scale(fisher):
+    class Scaled(VAE):
+        def per_sample_loss(self, x):
+            return 1000.0 * super().per_sample_loss(x)
+
+    vae = _tiny_vae(dtype=torch.float64)
+    scaled = Scaled(vae.config).to(torch.float64).eval()
+    scaled.load_state_dict(vae.state_dict())
+    x, test = _images(30, dtype=torch.float64), _images(6, seed=5, dtype=torch.float64)
+    a = RoseScorer(vae, fisher=fisher).fit(x).score(test)
+    b = RoseScorer(scaled, fisher=fisher).fit(x).score(test)
+    np.testing.assert_allclose(b.extras["layer_raw"], a.extras["layer_raw"], rtol=1e-7)
+    np.testing.assert_allclose(b.score, a.score, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(b.extras["loss"], 1000 * a.extras["loss"], rtol=1e-12)
+
+
+def test_iterable_fit_equals_tensor_fit():
+    vae = _tiny_vae()
+    x = _images(37)
+    test = _images(4, seed=9)
+    ref = RoseScorer(vae, batch_size=8).fit(x).score(test)
+    batches = [x[:5], x[5:6], x[6:20], x[20:]]
+    for data in (batches, iter(batches), (b for b in batches)):
+        r = RoseScorer(vae, batch_size=8).fit(data).score(test)
+        np.testing.assert_array_equal(r.extras["layer_raw"], ref.extras["layer_raw"])
+        np.testing.assert_array_equal(r.score, ref.score)
+
+
+def test_dataloader_fit():
+    from torch.utils.data import DataLoader
+
+    vae = _tiny_vae()
+    x = _images(20)
+    ref = RoseScorer(vae, batch_size=8).fit(x)
+    dl = DataLoader(x, batch_size=6, shuffle=False)
+    s = RoseScorer(vae, batch_size=8).fit(dl)
+    np.testing.assert_array_equal(s.norm_mean, ref.norm_mean)
+
+
+def test_layer_list_and_beta_vector():
+    vae = _tiny_vae()
+    s = RoseScorer(vae, layers=["mu_head", "encoder.2"], beta=[0.5, -0.5], p=2).fit(_images(16))
+    assert s.layer_names == ["mu_head", "encoder.2"]
+    r = s.score(_images(3, seed=4))
+    np.testing.assert_allclose(r.score, aggregate(r.extras["layer_z"], 2, [0.5, -0.5]))
+    s_max = RoseScorer(vae, aggregation="max").fit(_images(16))
+    r = s_max.score(_images(3, seed=4))
+    np.testing.assert_allclose(r.score, r.extras["layer_z"].max(1))
+    with pytest.raises(ValueError):
+        RoseScorer(vae, beta=[1.0, 2.0])  # 5 default layers
+    with pytest.raises(ValueError):
+        RoseScorer(vae, layers=["decoder.1"])  # BatchNorm is not scorable
+    with pytest.raises(ValueError):
+        RoseScorer(vae, aggregation="max", p=2)
+    with pytest.raises(ValueError):
+        RoseScorer(vae, fisher="kfac")
+    with pytest.raises(ValueError):
+        RoseScorer(vae, fit_fraction=1.0)
+
+
+def test_input_validation():
+    vae = _tiny_vae()
+    s = RoseScorer(vae)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        s.score(_images(2))
+    bad = _images(10)
+    bad[3, 0, 0, 0] = float("nan")
+    with pytest.raises(InvalidInput):
+        s.fit(bad)
+    with pytest.raises(InvalidInput):
+        s.fit([_images(4), bad])
+    s.fit(_images(10))
+    with pytest.raises(InvalidInput):
+        s.score(bad)
+    with pytest.raises(InvalidInput):
+        s.score(torch.rand(2, 3, 32, 32))  # wrong channels
+    with pytest.raises(InvalidInput):
+        s.score(_images(2) * 255)
+    with pytest.raises(InvalidInput):
+        s.fit("images")
+    assert len(s.score(_images(0))) == 0
+
+
+@pytest.mark.parametrize("fisher", ["ekfac", "diag"])
+def test_save_load_round_trip(tmp_path, fisher):
+    vae = _tiny_vae()
+    s = RoseScorer(vae, fisher=fisher, p=3.0, beta=0.25).fit(_images(20))
+    test = _images(5, seed=6)
+    ref = s.score(test)
+    card = s.save(tmp_path / "fit")
+    assert card.name == "fit.json" and (tmp_path / "fit.safetensors").exists()
+    loaded = RoseScorer.load(tmp_path / "fit", vae)
+    assert loaded.layer_names == s.layer_names and loaded.p == 3.0 and loaded.beta == 0.25
+    r = loaded.score(test)
+    np.testing.assert_array_equal(r.score, ref.score)
+    np.testing.assert_array_equal(r.extras["layer_raw"], ref.extras["layer_raw"])
+
+
+def test_mismatched_fit_raises(tmp_path):
+    vae = _tiny_vae()
+    s = RoseScorer(vae).fit(_images(10))
+    s.save(tmp_path / "fit")
+    with pytest.raises(CheckpointError, match="config"):
+        RoseScorer.load(tmp_path / "fit", VAE(VAEConfig(base_width=8, latent_dim=3)))
+    with pytest.raises(CheckpointError, match="glow"):
+        RoseScorer.load(tmp_path / "fit", _tiny_glow())
+    with pytest.raises(CheckpointError, match="weights"):
+        RoseScorer.load(tmp_path / "fit", _tiny_vae(seed=1))
+    RoseScorer.load(tmp_path / "fit", _tiny_vae(seed=1), strict=False)
+    # a card whose layer shapes do not match the model
+    import json
+
+    card = json.loads((tmp_path / "fit.json").read_text())
+    card["layer_shapes"]["mu_head"] = [7, 7]
+    (tmp_path / "fit.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="mu_head"):
+        RoseScorer.load(tmp_path / "fit", vae)
+    card["layers"] = ["encoder.0", "nope"]
+    (tmp_path / "fit.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="nope"):
+        RoseScorer.load(tmp_path / "fit", vae)
+    with pytest.raises(CheckpointError):
+        RoseScorer.load(tmp_path / "missing", vae)
+    s.save(tmp_path / "fit2")
+    (tmp_path / "fit2.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError):
+        RoseScorer.load(tmp_path / "fit2", vae)
+
+
+def test_model_mode_and_grads_untouched():
+    vae = _tiny_vae()
+    vae.train()
+    s = RoseScorer(vae).fit(_images(10))
+    s.score(_images(2))
+    assert vae.training
+    assert all(p.grad is None for p in vae.parameters())
