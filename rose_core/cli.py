@@ -25,11 +25,19 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from rose_core.data import get_card, load_dataset
+    from rose_core.data import dataset_names, get_card, is_available, load_dataset
     from rose_core.errors import DatasetUnavailable
 
+    names = args.names
+    if args.all:
+        # Offline sources and stand-ins; online-only sets only when already downloaded.
+        names = [n for n in dataset_names()
+                 if n in ("fashion-mnist", "mnist") or not get_card(n).source.startswith("torchvision")
+                 or is_available(n)]
+        for n in sorted(set(dataset_names()) - set(names)):
+            print(f"{n}: skipped: {get_card(n).how_to_get}")
     failures = 0
-    for name in args.names:
+    for name in names:
         for split in get_card(name).splits:
             if args.test_only and split != "test":
                 continue
@@ -65,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="build dataset caches")
     p.add_argument("names", nargs="*", default=["fashion-mnist", "mnist"])
+    p.add_argument("--all", action="store_true", help="every dataset that can be built offline here")
     p.add_argument("--test-only", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 if any dataset is unavailable")
     p.set_defaults(func=_cmd_data)
