@@ -1,0 +1,124 @@
+"""ROSE Studio: out-of-distribution detection with deep generative models.
+
+Run with ``make app`` (or ``streamlit run app.py``). This file is the entry
+point: it registers the pages, draws the model picker in the sidebar and holds
+the Home page.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import app_common as ac
+
+st.set_page_config(page_title="ROSE Studio", page_icon="🌹", layout="wide")
+
+
+def home() -> None:
+    st.title("🌹 ROSE Studio")
+    st.markdown("Out-of-distribution (OOD) detection with deep generative models: score any image with "
+                "**ROSE**, the layer-wise Fisher score of its gradient, and see why the likelihood alone fails.")
+    picked = ac.current_model()
+    if picked is None:
+        return
+    name, card = picked
+
+    st.subheader(f"Model: {name}")
+    cols = st.columns(5)
+    cols[0].metric("Kind", card["kind"].upper())
+    cols[1].metric("Trained on", ac.dataset_label(card.get("dataset", "?")))
+    cols[2].metric("Epochs", card.get("epochs", "?"))
+    bpd = card.get("test_bits_per_dim")
+    cols[3].metric("Test bits/dim", f"{bpd:.3f}" if isinstance(bpd, (int, float)) else "?",
+                   help="Negative log-likelihood of the test set in bits per dimension (lower is better).")
+    n_params = card.get("num_parameters")
+    cols[4].metric("Parameters", f"{n_params / 1e6:.2f} M" if n_params else "?")
+    details = {k: card[k] for k in ("config", "optimizer", "lr", "batch_size", "train_seconds", "device",
+                                    "role", "library_version") if k in card}
+    with st.expander("Full model card"):
+        st.json(details)
+    if card.get("role"):
+        st.caption(f"This checkpoint's role: {card['role']}. ROSE can still score with it.")
+
+    st.subheader("How ROSE works")
+    left, right = st.columns([3, 2])
+    with left:
+        st.markdown(
+            r"""
+Generative models trained on one dataset often give **higher** likelihood to images of another:
+a VAE trained on Fashion-MNIST finds MNIST digits *more* likely than clothes. Thresholding the
+negative log-likelihood (NLL) then flags the wrong images.
+
+ROSE looks at *how the model would have to change* to fit an image instead. For each scored layer
+$l$ it takes the gradient $g_l(x) = \partial \ell(x) / \partial W_l$ of the per-sample loss and
+measures it in the metric of the in-distribution Fisher information $F_l$:
+
+$$s_l(x) = g_l(x)^\top F_l^{-1} g_l(x),$$
+
+with $F_l$ approximated by **EKFAC** (eigenvalue-corrected Kronecker factors) or **DIAG**. Each
+$s_l$ is z-normalised with in-distribution statistics and the layers are aggregated:
+$\mathrm{ROSE}(x) = \max_l \mathrm{ReLU}(\hat s_l(x))$. Higher means more out-of-distribution. A threshold
+chosen to keep 95% of in-distribution images gives a verdict; the rank among in-distribution
+scores gives a p-value.
+""")
+    with right:
+        st.markdown("**Pages**")
+        st.markdown("- **Score images**: upload files or pick dataset samples; verdict, p-value, per-layer z-scores\n"
+                    "- **Likelihood vs ROSE**: the paper's Figure 1 and its fix\n"
+                    "- **ROC curves**: methods overlaid, AUROC / AUPRC / FPR80\n"
+                    "- **Layer-wise AUROC**: which layers detect what\n"
+                    "- **Robustness**: brightness and blur sweeps, Fisher sample size\n"
+                    "- **Methods**: Table-2 comparison and throughput")
+
+    st.subheader("Key figure: NLL fails, ROSE separates")
+    b = ac.bundle(name)
+    ood = "mnist" if "mnist" in b.ood_sets() else (b.ood_sets()[0] if b.ood_sets() else None)
+    methods = b.methods() if b.exists else []
+    rose = next((m for m in ("rose-ekfac", "rose-diag") if m in methods), None)
+    if not b.exists or ood is None or "nll" not in methods or rose is None:
+        ac.missing_bundle_message(name, "The key figure")
+    else:
+        scores = b.table("scores")
+        ind = b.in_dist()
+        a_nll, o_nll = ac.split_scores(scores, "nll", ood, column="nll_nats")
+        if len(a_nll) == 0:
+            a_nll, o_nll = ac.split_scores(scores, "nll", ood)
+        a_rose, o_rose = ac.split_scores(scores, rose, ood)
+        c1, c2 = st.columns(2)
+        auc_nll = ac.metrics_view(b, ood, ["nll"])
+        auc_rose = ac.metrics_view(b, ood, [rose])
+        c1.plotly_chart(ac.histogram_pair(a_nll, o_nll, ac.dataset_label(ind), ac.dataset_label(ood),
+                                          f"NLL (AUROC {auc_nll['auroc'].iloc[0]:.3f})", "NLL (nats)"),
+                        key="home_nll")
+        c2.plotly_chart(ac.histogram_pair(a_rose, o_rose, ac.dataset_label(ind), ac.dataset_label(ood),
+                                          f"{ac.method_label(rose)} (AUROC {auc_rose['auroc'].iloc[0]:.3f})",
+                                          "ROSE score (higher = more OOD)"), key="home_rose")
+        st.caption(f"{ac.dataset_label(ind)} (in-distribution) vs {ac.dataset_label(ood)} under `{name}`, "
+                   "from the results bundle. Left: the OOD images get *lower* NLL, so the likelihood ranks them "
+                   "as more typical. Right: ROSE puts them far above the in-distribution scores.")
+
+    st.subheader("Datasets on this machine")
+    table = ac.datasets_table(str(ac.data_dir()))
+    st.dataframe(table[["dataset", "title", "real data", "stands in for", "available here", "how to get it"]],
+                 hide_index=True, column_config={
+                     "real data": st.column_config.CheckboxColumn(help="False: an offline stand-in or generated data"),
+                     "available here": st.column_config.CheckboxColumn(help="Cached, or buildable offline now")})
+    st.caption("Stand-ins are named as such and never carry the real dataset's name. Build every cache with "
+               "`make data`.")
+
+
+PAGES = [
+    st.Page(home, title="Home", icon="🏠", default=True),
+    st.Page("pages/1_score_images.py", title="Score images", icon="🔍"),
+    st.Page("pages/2_likelihood_vs_rose.py", title="Likelihood vs ROSE", icon="📊"),
+    st.Page("pages/3_roc_curves.py", title="ROC curves", icon="📈"),
+    st.Page("pages/4_layer_auroc.py", title="Layer-wise AUROC", icon="🧱"),
+    st.Page("pages/5_robustness.py", title="Robustness", icon="🌗"),
+    st.Page("pages/6_methods.py", title="Methods", icon="⚖️"),
+]
+
+page = st.navigation(PAGES)
+st.sidebar.title("ROSE Studio")
+ac.sidebar_model_picker()
+st.sidebar.caption("The model applies to every page.")
+page.run()

@@ -1,0 +1,628 @@
+"""Shared helpers of the Streamlit pages: paths, model choice, cached loading, table views, charts.
+
+The pages stay thin: they pick widgets and call these functions. Data views
+(``*_view`` functions) are plain pandas and never call Streamlit, so they can
+be tested without it; the chart builders return plotly figures.
+
+Paths: checkpoints from ``$ROSE_CHECKPOINTS`` (default ``<repo>/checkpoints``),
+results bundles from ``$ROSE_RESULTS`` (default ``<repo>/results``), dataset
+caches from ``$ROSE_DATA`` (default ``<repo>/data``). Live fits use
+``$ROSE_LIVE_FIT_N`` training images (default 1000) and the live robustness
+AUROC ``$ROSE_LIVE_N`` images per side (default 64).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from rose_core.checkpoint import list_checkpoints, read_card
+from rose_core.errors import RoseError
+from rose_core.metrics import ood_metrics, roc_curve
+from rose_core.results import TABLES, Results
+
+REPO = Path(__file__).resolve().parent
+
+# The command that computes a results bundle (the evaluation harness, rose_core/evaluation.py).
+EVALUATE_CMD = "python -m rose_core evaluate --checkpoint checkpoints/{name}"
+
+METHOD_LABELS = {
+    "rose-ekfac": "ROSE (EKFAC)",
+    "rose-diag": "ROSE (DIAG)",
+    "nll": "NLL",
+    "likelihood-ratio": "Likelihood Ratio",
+    "likelihood-regret": "Likelihood Regret",
+    "input-complexity-png": "Input Complexity (PNG)",
+    "input-complexity-jp2": "Input Complexity (JPEG 2000)",
+    "rnd": "SVD-RND",
+}
+PERTURBATION_LABELS = {
+    "brightness": ("Brightness", "brightness factor (×)"),
+    "svd": ("SVD blur", "K (smallest singular values dropped)"),
+    "dct": ("DCT blur", "K (lowest frequencies kept per axis)"),
+    "gaussian": ("Gaussian blur", "strength"),
+    "random": ("Random pixels", "μ (fraction of pixels replaced)"),
+}
+METRIC_LABELS = {"auroc": "AUROC", "auprc_in": "AUPRC (in-dist. positive)",
+                 "auprc_out": "AUPRC (OOD positive)", "fpr80": "FPR at 80% TPR", "fpr95": "FPR at 95% TPR"}
+PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf"]
+IN_COLOUR, OOD_COLOUR = "#1f77b4", "#d62728"
+
+
+# --------------------------------------------------------------------------------------------
+# Paths and names
+# --------------------------------------------------------------------------------------------
+
+def checkpoints_dir() -> Path:
+    return Path(os.environ.get("ROSE_CHECKPOINTS") or REPO / "checkpoints")
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("ROSE_RESULTS") or REPO / "results")
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("ROSE_DATA") or REPO / "data")
+
+
+def env_int(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def method_label(method: str) -> str:
+    if method in METHOD_LABELS:
+        return METHOD_LABELS[method]
+    for key, label in sorted(METHOD_LABELS.items(), key=lambda kv: -len(kv[0])):
+        if method.startswith(key + "-"):
+            return f"{label} [{method[len(key) + 1:]}]"
+    return method
+
+
+def dataset_label(name: str) -> str:
+    """``mnist`` → ``MNIST``; stand-ins say so; ``overall`` → ``Overall``."""
+    if name == "overall":
+        return "Overall"
+    try:
+        from rose_core.data import get_card
+
+        card = get_card(name)
+    except (RoseError, KeyError):
+        return name
+    return card.title if card.real or "stand-in" in card.title.lower() else f"{card.title} (stand-in)"
+
+
+def color_map(methods: list[str]) -> dict[str, str]:
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+@st.cache_data(ttl=15, show_spinner=False)
+def model_cards(folder: str) -> dict[str, dict]:
+    """Cards of the generative-model checkpoints (VAE, Glow) in ``folder``, by name."""
+    from rose_core.live import MODEL_KINDS, checkpoint_name
+
+    cards = {}
+    for p in list_checkpoints(folder):
+        try:
+            card = read_card(p)
+        except RoseError:
+            continue
+        if card.get("kind") in MODEL_KINDS:
+            cards[checkpoint_name(p)] = card
+    return cards
+
+
+def _model_order(cards: dict[str, dict]) -> list[str]:
+    # main models first (the background VAE of the likelihood ratio last), those with a bundle first,
+    # then the paper's main model kind (the VAE)
+    def key(name: str):
+        return ("role" in cards[name], not Results.for_checkpoint(name, results_dir()).exists,
+                cards[name].get("kind") != "vae", name)
+    return sorted(cards, key=key)
+
+
+def sidebar_model_picker() -> str | None:
+    """The model selectbox in the sidebar (shared by all pages); returns the checkpoint name."""
+    cards = model_cards(str(checkpoints_dir()))
+    if not cards:
+        st.sidebar.error(f"No model checkpoints in `{checkpoints_dir()}`.")
+        return None
+    names = _model_order(cards)
+    if st.session_state.get("model") not in names:
+        st.session_state["model"] = names[0]
+
+    def fmt(name: str) -> str:
+        c = cards[name]
+        role = f", {c['role']}" if c.get("role") else ""
+        return f"{name} ({c['kind'].upper()}, {c.get('dataset', '?')}{role})"
+
+    return st.sidebar.selectbox("Model", names, key="model", format_func=fmt,
+                                help="Generative models in the checkpoints folder (the .json card and its "
+                                     ".safetensors weights).")
+
+
+def current_model() -> tuple[str, dict] | None:
+    """``(name, card)`` of the model picked in the sidebar, or None after explaining what is missing."""
+    cards = model_cards(str(checkpoints_dir()))
+    name = st.session_state.get("model")
+    if not cards:
+        st.error(f"No model checkpoint found in `{checkpoints_dir()}`. The shipped checkpoints are "
+                 "`checkpoints/vae-fmnist` and `checkpoints/glow-fmnist` (from `git checkout -- checkpoints`); "
+                 "train one with `python -m rose_core train --help`.")
+        return None
+    if name not in cards:
+        name = _model_order(cards)[0]
+    return name, cards[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Results bundles
+# --------------------------------------------------------------------------------------------
+
+def _signature(folder: Path) -> tuple:
+    if not folder.exists():
+        return ()
+    return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _read_table(folder: str, name: str, signature: tuple) -> pd.DataFrame:
+    return Results(Path(folder)).table(name)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _read_manifest(folder: str, signature: tuple) -> dict:
+    return Results(Path(folder)).manifest
+
+
+class Bundle:
+    """Read-only view of ``results/<model>/`` with cached tables (reloaded when files change)."""
+
+    def __init__(self, name: str, root: Path | None = None) -> None:
+        self.name = name
+        self.folder = (root or results_dir()) / name
+        self.signature = _signature(self.folder)
+
+    @property
+    def exists(self) -> bool:
+        return (self.folder / "manifest.json").exists()
+
+    @property
+    def manifest(self) -> dict:
+        return _read_manifest(str(self.folder), self.signature)
+
+    def table(self, name: str) -> pd.DataFrame:
+        try:
+            return _read_table(str(self.folder), name, self.signature)
+        except (OSError, ValueError) as exc:  # a damaged Parquet file: show it as missing, say why
+            st.warning(f"`{self.folder / (name + '.parquet')}` cannot be read ({exc}); recompute it with "
+                       f"`{EVALUATE_CMD.format(name=self.name)}`.")
+            return pd.DataFrame(columns=TABLES[name])
+
+    def has(self, name: str) -> bool:
+        return len(self.table(name)) > 0
+
+    def in_dist(self) -> str:
+        m = self.manifest
+        ind = m.get("in_distribution") or m.get("in_dist") or {}
+        if isinstance(ind, dict) and ind.get("name"):
+            return str(ind["name"])
+        if isinstance(ind, str) and ind:
+            return ind
+        s = self.table("scores")
+        names = s.loc[~s["is_ood"].astype(bool), "dataset"].unique()
+        return str(names[0]) if len(names) else "in-distribution"
+
+    def methods(self) -> list[str]:
+        return method_order(self.table("scores")["method"].unique())
+
+    def ood_sets(self, include_overall: bool = False) -> list[str]:
+        s = self.table("scores")
+        sets = sorted(s.loc[s["is_ood"].astype(bool), "dataset"].unique())
+        if not sets:
+            m = self.table("metrics")
+            sets = sorted(x for x in m["ood_set"].unique() if x != "overall")
+        if include_overall and "overall" in set(self.table("metrics")["ood_set"]):
+            sets = sets + ["overall"]
+        return sets
+
+
+def bundle(name: str) -> Bundle:
+    return Bundle(name)
+
+
+def method_order(methods) -> list[str]:
+    """ROSE first, then the baselines in a fixed order, then anything else alphabetically."""
+    order = list(METHOD_LABELS)
+    return sorted(set(methods), key=lambda m: (next((i for i, k in enumerate(order) if m == k or
+                                                      m.startswith(k + "-")), len(order)), m))
+
+
+def missing_bundle_message(name: str, what: str = "This page") -> None:
+    st.info(f"{what}: not available yet — the results bundle `results/{name}/` has not been computed "
+            f"(or lacks this experiment). Compute it with\n\n"
+            f"```\n{EVALUATE_CMD.format(name=name)}\n```\n"
+            "The shipped checkpoints come with their bundle committed; `git checkout -- results` restores it.")
+
+
+def require_bundle(name: str, tables: tuple[str, ...], what: str = "This page") -> Bundle | None:
+    b = bundle(name)
+    if not b.exists or not all(b.has(t) for t in tables):
+        missing_bundle_message(name, what)
+        return None
+    return b
+
+
+# --------------------------------------------------------------------------------------------
+# Data views (pure pandas)
+# --------------------------------------------------------------------------------------------
+
+def split_scores(scores: pd.DataFrame, method: str, ood_set: str, column: str = "score",
+                 perturbation: str = "none", strength: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """In-distribution and OOD values of ``column`` for one method and OOD set (unperturbed by default;
+    only the OOD images are perturbed in the bundle's sweeps, so in-distribution rows are always ``none``)."""
+    s = scores[scores["method"] == method]
+    ind = s[~s["is_ood"].astype(bool) & (s["perturbation"] == "none")]
+    ood = s[s["is_ood"].astype(bool) & (s["dataset"] == ood_set) & (s["perturbation"] == perturbation)]
+    if strength is not None:
+        ood = ood[(ood["strength"] - strength).abs() < 1e-9]
+    if "repeat" in ood and ood["repeat"].nunique() > 1:
+        ood = ood[ood["repeat"] == ood["repeat"].min()]
+    a, b = ind[column].to_numpy(np.float64), ood[column].to_numpy(np.float64)
+    return a[np.isfinite(a)], b[np.isfinite(b)]
+
+
+def metrics_view(b: Bundle, ood_set: str, methods: list[str]) -> pd.DataFrame:
+    """AUROC / AUPRC / FPR80 per method for one OOD set: the bundle's metrics table (mean over repeats),
+    computed from the scores where a row is missing. Columns: method, auroc, auprc_in, auprc_out, fpr80,
+    n_in, n_ood, source."""
+    m = b.table("metrics")
+    m = m[(m["ood_set"] == ood_set) & (m["perturbation"] == "none")]
+    rows = []
+    scores = b.table("scores")
+    for method in methods:
+        mm = m[m["method"] == method]
+        if len(mm):
+            r = mm[["auroc", "auprc_in", "auprc_out", "fpr80"]].astype(float).mean().to_dict()
+            r.update(n_in=int(mm["n_in"].iloc[0]), n_ood=int(mm["n_ood"].iloc[0]), source="bundle")
+        else:
+            a, o = split_scores(scores, method, ood_set)
+            if len(a) == 0 or len(o) == 0:
+                continue
+            full = ood_metrics(a, o)
+            r = {k: full[k] for k in ("auroc", "auprc_in", "auprc_out", "fpr80", "n_in", "n_ood")}
+            r["source"] = "computed from scores"
+        rows.append({"method": method, **r})
+    return pd.DataFrame(rows, columns=["method", "auroc", "auprc_in", "auprc_out", "fpr80", "n_in", "n_ood",
+                                       "source"])
+
+
+def layer_auroc_view(b: Bundle, fisher: str) -> pd.DataFrame:
+    """Layers × OOD sets AUROC of each layer's raw ROSE score alone, for ``fisher``."""
+    lm = b.table("layer_metrics")
+    lm = lm[lm["fisher"] == fisher]
+    if len(lm) == 0:  # derive it from the per-layer scores
+        from rose_core.metrics import auroc
+
+        layers = b.table("layers")
+        layers = layers[layers["fisher"] == fisher]
+        rows = []
+        for layer, g in layers.groupby("layer", sort=False):
+            ind = g.loc[~g["is_ood"].astype(bool), "raw"].to_numpy(np.float64)
+            for ood_set, go_ in g[g["is_ood"].astype(bool)].groupby("dataset"):
+                if len(ind) and len(go_):
+                    rows.append({"layer": layer, "ood_set": ood_set, "auroc": auroc(ind, go_["raw"].to_numpy())})
+        lm = pd.DataFrame(rows, columns=["layer", "ood_set", "auroc"])
+    if len(lm) == 0:
+        return pd.DataFrame()
+    layer_order = list(dict.fromkeys(lm["layer"]))
+    pivot = lm.pivot_table(index="layer", columns="ood_set", values="auroc", aggfunc="mean")
+    cols = sorted([c for c in pivot.columns if c != "overall"]) + (["overall"] if "overall" in pivot.columns else [])
+    return pivot.reindex(index=layer_order, columns=cols)
+
+
+def sweep_view(b: Bundle, perturbation: str, ood_set: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(curve, summary)`` of a perturbation sweep: curve = method, strength, auroc (mean over repeats),
+    auroc_std (across repeats); summary = method, mean, std of the AUROC across strengths (population std,
+    as Table 1's Mean and Std columns), n_strengths."""
+    m = b.table("metrics")
+    m = m[m["perturbation"] == perturbation]
+    if ood_set is not None:
+        m = m[m["ood_set"] == ood_set]
+    if len(m) == 0:
+        return pd.DataFrame(columns=["method", "strength", "auroc", "auroc_std"]), pd.DataFrame(
+            columns=["method", "mean", "std", "n_strengths"])
+    m = m.assign(strength=m["strength"].astype(float).fillna(0.0))
+    curve = (m.groupby(["method", "strength"], as_index=False)["auroc"]
+             .agg(auroc="mean", auroc_std=lambda v: float(np.std(v)) if len(v) > 1 else 0.0))
+    summary = curve.groupby("method", as_index=False)["auroc"].agg(
+        mean="mean", std=lambda v: float(np.std(v)), n_strengths="count")
+    order = method_order(curve["method"].unique())
+    curve["method"] = pd.Categorical(curve["method"], order, ordered=True)
+    summary["method"] = pd.Categorical(summary["method"], order, ordered=True)
+    return (curve.sort_values(["method", "strength"]).reset_index(drop=True),
+            summary.sort_values("method").reset_index(drop=True))
+
+
+def bundle_auroc_at(b: Bundle, ood_set: str, perturbation: str, strength: float) -> dict[str, float]:
+    """AUROC per method of the bundle at one sweep point (1.0× brightness = the unperturbed rows)."""
+    m = b.table("metrics")
+    m = m[m["ood_set"] == ood_set]
+    at = m[(m["perturbation"] == perturbation) & ((m["strength"].astype(float) - strength).abs() < 1e-6)]
+    if perturbation == "brightness" and abs(strength - 1.0) < 1e-9 and len(at) == 0:
+        at = m[m["perturbation"] == "none"]
+    return at.groupby("method")["auroc"].mean().to_dict()
+
+
+def comparison_view(b: Bundle, metric: str = "auroc") -> pd.DataFrame:
+    """Table 2 style: methods × OOD sets (Overall last) of ``metric``, unperturbed, mean over repeats."""
+    m = b.table("metrics")
+    m = m[m["perturbation"] == "none"]
+    if len(m) == 0:
+        return pd.DataFrame()
+    pivot = m.pivot_table(index="method", columns="ood_set", values=metric, aggfunc="mean")
+    cols = sorted(c for c in pivot.columns if c != "overall") + (["overall"] if "overall" in pivot.columns else [])
+    return pivot.reindex(index=method_order(pivot.index), columns=cols)
+
+
+def throughput_view(b: Bundle) -> pd.DataFrame:
+    """method, images_per_s, device, overall_auroc (NaN where a method has no Overall row)."""
+    t = b.table("throughput")
+    if len(t) == 0:
+        return pd.DataFrame(columns=["method", "images_per_s", "device", "overall_auroc"])
+    t = t.groupby("method", as_index=False).agg(images_per_s=("images_per_s", "mean"), device=("device", "first"))
+    m = b.table("metrics")
+    m = m[(m["perturbation"] == "none") & (m["ood_set"] == "overall")]
+    ov = m.groupby("method", as_index=False)["auroc"].mean().rename(columns={"auroc": "overall_auroc"})
+    out = t.merge(ov, on="method", how="left")
+    out["method"] = pd.Categorical(out["method"], method_order(out["method"]), ordered=True)
+    return out.sort_values("method").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Charts
+# --------------------------------------------------------------------------------------------
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, margin=dict(l=60, r=20, t=60, b=50),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    return fig
+
+
+def histogram_pair(in_values: np.ndarray, ood_values: np.ndarray, in_name: str, ood_name: str, title: str,
+                   x_title: str, bins: int = 50) -> go.Figure:
+    lo = float(min(in_values.min(), ood_values.min()))
+    hi = float(max(in_values.max(), ood_values.max()))
+    size = (hi - lo) / bins if hi > lo else 1.0
+    fig = go.Figure()
+    for values, name, colour in ((in_values, in_name, IN_COLOUR), (ood_values, ood_name, OOD_COLOUR)):
+        fig.add_trace(go.Histogram(x=values, name=f"{name} (n={len(values)})", marker_color=colour, opacity=0.6,
+                                   histnorm="probability density", xbins=dict(start=lo, end=hi + size, size=size)))
+    fig.update_layout(barmode="overlay")
+    return _layout(fig, title, x_title, "density")
+
+
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str) -> go.Figure:
+    fig = go.Figure()
+    colours = color_map(list(curves))
+    for method, (fpr, tpr, auc) in curves.items():
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{method_label(method)} (AUROC {auc:.3f})",
+                                 line=dict(color=colours[method], width=2)))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(color="grey", dash="dot")))
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.01])
+    return _layout(fig, title, "false-positive rate (in-distribution flagged)", "true-positive rate (OOD flagged)",
+                   height=480)
+
+
+def roc_curves(scores: pd.DataFrame, methods: list[str], ood_set: str) -> dict[str, tuple]:
+    from rose_core.metrics import auroc
+
+    out = {}
+    for method in methods:
+        a, o = split_scores(scores, method, ood_set)
+        if len(a) and len(o):
+            fpr, tpr = roc_curve(a, o)
+            out[method] = (fpr, tpr, auroc(a, o))
+    return out
+
+
+def heatmap_figure(pivot: pd.DataFrame, title: str) -> go.Figure:
+    z = pivot.to_numpy(dtype=float)
+    text = [[("" if math.isnan(v) else f"{v:.2f}") for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(z=z, x=[dataset_label(c) for c in pivot.columns], y=list(pivot.index), zmin=0, zmax=1,
+                               colorscale="RdBu", reversescale=True, text=text, texttemplate="%{text}",
+                               colorbar=dict(title="AUROC"),
+                               hovertemplate="layer %{y}<br>OOD set %{x}<br>AUROC %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title, "OOD set", "layer (input side at the top)", height=max(320, 60 + 45 * len(pivot)))
+
+
+def sweep_figure(curve: pd.DataFrame, perturbation: str, title: str, mark: float | None = None) -> go.Figure:
+    label, unit = PERTURBATION_LABELS.get(perturbation, (perturbation, "strength"))
+    fig = go.Figure()
+    methods = [m for m in curve["method"].cat.categories if m in set(curve["method"])] \
+        if hasattr(curve["method"], "cat") else list(dict.fromkeys(curve["method"]))
+    colours = color_map(methods)
+    for method in methods:
+        g = curve[curve["method"] == method]
+        fig.add_trace(go.Scatter(x=g["strength"], y=g["auroc"], mode="lines+markers", name=method_label(method),
+                                 line=dict(color=colours[method]),
+                                 error_y=dict(type="data", array=g["auroc_std"], visible=bool((g["auroc_std"] > 0).any()))))
+    if mark is not None:
+        fig.add_vline(x=mark, line_dash="dot", line_color="grey")
+    fig.add_hline(y=0.5, line_dash="dot", line_color="lightgrey")
+    fig.update_yaxes(range=[0, 1.02])
+    return _layout(fig, title, unit, "AUROC (OOD positive)", height=420)
+
+
+def auroc_bars(values: dict[str, tuple[float, str]], title: str) -> go.Figure:
+    """``values``: label → (AUROC, source)."""
+    labels = list(values)
+    sources = [values[k][1] for k in labels]
+    colours = ["#d62728" if s.startswith("live") else "#1f77b4" for s in sources]
+    fig = go.Figure(go.Bar(x=labels, y=[values[k][0] for k in labels], marker_color=colours,
+                           text=[f"{values[k][0]:.3f}" for k in labels], textposition="outside",
+                           customdata=sources, hovertemplate="%{x}<br>AUROC %{y:.3f}<br>%{customdata}<extra></extra>"))
+    fig.add_hline(y=0.5, line_dash="dot", line_color="grey", annotation_text="chance")
+    fig.update_yaxes(range=[0, 1.1])
+    return _layout(fig, title, "method (red: computed live here; blue: from the results bundle)",
+                   "AUROC (OOD positive)", height=400)
+
+
+def zscore_figure(layer_names: list[str], z: np.ndarray, threshold: float | None, title: str) -> go.Figure:
+    colours = ["#d62728" if threshold is not None and v > threshold else "#1f77b4" for v in z]
+    fig = go.Figure(go.Bar(x=layer_names, y=z, marker_color=colours,
+                           hovertemplate="layer %{x}<br>z = %{y:.2f}<extra></extra>"))
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dash", line_color="#d62728",
+                      annotation_text=f"threshold {threshold:.2f}", annotation_position="top left")
+    fig.add_hline(y=0.0, line_color="grey", line_width=1)
+    return _layout(fig, title, "layer", "z-score (σ)", height=280)
+
+
+def fisher_samples_figure(fs: pd.DataFrame, title: str) -> go.Figure:
+    fig = go.Figure()
+    for i, (fisher, g) in enumerate(fs.groupby("fisher")):
+        fig.add_trace(go.Box(x=g["n_fit"].astype(int).astype(str), y=g["auroc"], name=fisher.upper(),
+                             marker_color=PALETTE[i % len(PALETTE)], boxpoints="all", jitter=0.3))
+    fig.update_layout(boxmode="group")
+    order = [str(v) for v in sorted(fs["n_fit"].astype(int).unique())]
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=order)
+    return _layout(fig, title, "number of in-distribution samples for the Fisher", "AUROC (OOD positive)")
+
+
+def throughput_figure(tv: pd.DataFrame, title: str) -> go.Figure:
+    tv = tv.dropna(subset=["overall_auroc"])
+    fig = go.Figure()
+    colours = color_map(list(tv["method"].astype(str)))
+    for _, r in tv.iterrows():
+        m = str(r["method"])
+        fig.add_trace(go.Scatter(x=[r["images_per_s"]], y=[r["overall_auroc"]], mode="markers+text",
+                                 text=[method_label(m)], textposition="top center", name=method_label(m),
+                                 marker=dict(size=14, color=colours[m]),
+                                 hovertemplate=f"{method_label(m)}<br>%{{x:.3g}} images/s<br>"
+                                               "Overall AUROC %{y:.3f}<extra></extra>"))
+    fig.update_xaxes(type="log")
+    fig.update_layout(showlegend=False)
+    return _layout(fig, title, "throughput (images per second, log scale)", "Overall AUROC", height=440)
+
+
+def upscale(image: np.ndarray, size: int = 128) -> np.ndarray:
+    """Nearest-neighbour enlargement of a small uint8 (H, W, C) image for display."""
+    from PIL import Image
+
+    a = image[..., 0] if image.shape[-1] == 1 else image
+    return np.asarray(Image.fromarray(a).resize((size, size), Image.NEAREST))
+
+
+# --------------------------------------------------------------------------------------------
+# Long computations: shared across sessions, with a visible progress bar while they run
+# --------------------------------------------------------------------------------------------
+
+MAX_STORED = 256
+"""Most results of long computations kept (live scorers excluded)."""
+
+
+@st.cache_resource(show_spinner=False)
+def _store() -> dict:
+    """Process-wide results of long computations (cleared by Streamlit's "Clear cache")."""
+    return {"_lock": threading.Lock(), "_key_locks": {}}
+
+
+def computed(key: tuple, compute: Callable[[Callable[[float, str], None]], Any], label: str) -> Any:
+    """``compute(progress)`` once per ``key`` for the whole server, showing ``st.progress`` while it runs."""
+    store = _store()
+    if key in store:
+        return store[key]
+    with store["_lock"]:
+        done = [k for k in store if isinstance(k, tuple) and k[0] != "live"]
+        for old in done[: max(0, len(done) - MAX_STORED)]:  # oldest first (dicts keep insertion order)
+            store.pop(old, None)
+        lock = store["_key_locks"].setdefault(key, threading.Lock())
+    with lock:
+        if key in store:
+            return store[key]
+        bar = st.progress(0.0, text=label)
+        try:
+            value = compute(lambda f, m: bar.progress(min(max(float(f), 0.0), 1.0), text=f"{label} — {m}"))
+        finally:
+            bar.empty()
+        store[key] = value
+        return value
+
+
+def live_scorer(name: str, fisher: str = "ekfac"):
+    """The :class:`rose_core.live.LiveScorer` of a checkpoint (loaded, fitted or read from the bundle once
+    per server), or None after showing what is missing and how to get it."""
+    from rose_core.live import LiveScorer
+
+    path = checkpoints_dir() / f"{name}.json"
+    try:
+        stamp = (path.stat().st_mtime_ns, (checkpoints_dir() / f"{name}.safetensors").stat().st_mtime_ns)
+    except OSError:
+        st.error(f"The checkpoint `{path}` is missing. Restore the shipped checkpoints with "
+                 "`git checkout -- checkpoints`, or train one with `python -m rose_core train --help`.")
+        return None
+    fit_card = results_dir() / name / "fits" / f"rose-{fisher}.json"
+    fit_stamp = fit_card.stat().st_mtime_ns if fit_card.exists() else None
+    fit_n = env_int("ROSE_LIVE_FIT_N", 1000)
+    key = ("live", str(path), stamp, fisher, str(results_dir()), str(data_dir()), fit_stamp,
+           _signature(results_dir() / name), fit_n)
+    try:
+        return computed(key, lambda progress: LiveScorer(path, fisher, results=results_dir(), data_root=data_dir(),
+                                                         fit_n=fit_n, progress=progress),
+                        f"Preparing ROSE-{fisher.upper()} for {name}")
+    except RoseError as exc:
+        st.error(f"ROSE cannot be prepared for `{name}`: {exc}")
+        if "dataset" in str(exc).lower():
+            st.info("Build the dataset caches with `make data` (or `python -m rose_core data --all`).")
+        return None
+    except (OSError, RuntimeError, ValueError) as exc:  # e.g. a model that diverged to NaN during the fit
+        st.error(f"ROSE cannot be prepared for `{name}` ({type(exc).__name__}: {exc}). Check the checkpoint with "
+                 f"`python -m rose_core datasets` and the logs; the other pages still work.")
+        return None
+
+
+def digest(*parts: bytes | str | np.ndarray) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(str(p.shape).encode())
+            p = np.ascontiguousarray(p).tobytes()
+        h.update(p.encode() if isinstance(p, str) else p)
+    return h.hexdigest()
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def datasets_table(data_root: str) -> pd.DataFrame:
+    from rose_core.data import dataset_names, get_card, is_available
+
+    rows = []
+    for n in dataset_names():
+        c = get_card(n)
+        rows.append({"dataset": n, "title": c.title, "real data": c.real,
+                     "stands in for": c.stands_in_for or "", "available here": is_available(n, "test", data_root),
+                     "source": c.source, "how to get it": c.how_to_get})
+    return pd.DataFrame(rows)
+
+
+def available_datasets(data_root: str | None = None) -> list[str]:
+    t = datasets_table(str(data_root or data_dir()))
+    return list(t.loc[t["available here"], "dataset"])

@@ -1,0 +1,116 @@
+"""Score images: upload files or pick dataset samples; ROSE verdict, p-value, NLL and per-layer z-scores."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import streamlit as st
+
+import app_common as ac
+from rose_core.errors import RoseError
+from rose_core.imageio import InvalidImage, decode_image
+
+MAX_CARDS = 24
+
+st.title("🔍 Score images")
+picked = ac.current_model()
+if picked is None:
+    st.stop()
+name, card = picked
+
+c1, c2 = st.columns([2, 1])
+source = c1.radio("Images from", ["Upload files", "Dataset samples"], horizontal=True, key="score_source")
+fisher = c2.radio("Fisher approximation", ["ekfac", "diag"], format_func=str.upper, horizontal=True,
+                  key="score_fisher", help="EKFAC is the paper's method; DIAG is the cheaper diagonal Fisher.")
+tpr = st.slider("In-distribution true-positive rate of the threshold", 0.80, 0.99, 0.95, 0.01, format="%.2f",
+                key="score_tpr", help="The threshold keeps this fraction of in-distribution calibration images "
+                                      "below it; images scoring above it are called OOD.")
+
+images: list[np.ndarray] = []
+names: list[str] = []
+if source == "Upload files":
+    files = st.file_uploader("Images (PNG, JPEG, BMP, GIF, TIFF, WebP; any size, grey or colour)",
+                             accept_multiple_files=True, key="score_files")
+    for f in files or []:
+        try:
+            decoded = decode_image(f.getvalue(), f.name)
+        except InvalidImage as exc:
+            st.error(f"**{exc.name}** was not scored: {exc.reason}", icon="🚫")
+            continue
+        for note in decoded.notes:
+            st.warning(f"**{decoded.name}**: {note}", icon="ℹ️")
+        images.append(decoded.array)
+        names.append(decoded.name)
+else:
+    available = ac.available_datasets()
+    if not available:
+        st.error("No dataset is available on this machine; build the caches with `make data`.")
+        st.stop()
+    default = "mnist" if "mnist" in available else available[0]
+    d1, d2, d3 = st.columns([2, 1, 1])
+    ds = d1.selectbox("Dataset (test split)", available, index=available.index(default), key="score_dataset",
+                      format_func=ac.dataset_label)
+    n = d2.number_input("How many", 1, 32, 6, key="score_n")
+    seed = d3.number_input("Seed", 0, 10_000, 0, key="score_seed")
+    try:
+        from rose_core.data import load_dataset
+
+        samples = load_dataset(ds, "test", n=int(n), seed=int(seed), root=ac.data_dir())
+    except RoseError as exc:
+        st.error(f"{ds} cannot be loaded: {exc}")
+        st.stop()
+    images = list(samples.images)
+    names = [f"{ds} sample {i + 1}" for i in range(len(images))]
+
+if not images:
+    st.info("Upload one or more images, or switch to dataset samples, to score them.")
+    st.stop()
+
+live = ac.live_scorer(name, fisher)
+if live is None:
+    st.stop()
+
+key = ("score", name, fisher, id(live), ac.digest(*names, *images))
+result = ac.computed(key, lambda progress: live.score(images, names, progress=progress),
+                     f"Scoring {len(images)} image(s) with {name}")
+threshold = live.threshold(tpr)
+verdicts = result.is_ood(threshold)
+
+st.markdown(f"**Threshold** {threshold:.3f} on the {ac.method_label(live.method)} score: it keeps {tpr:.0%} of "
+            f"{live.calibration_source} below it. **p-value** = rank of the score among those in-distribution "
+            f"scores (small = unusual). NLL: {result.nll_kind}.")
+for msg in live.messages:
+    st.caption(f"Note: {msg}")
+if live.fit_source != "bundle":
+    st.caption(f"ROSE fit made here on {live.rose.n_fisher + live.rose.n_norm} {live.dataset} training images "
+               "(the results bundle has no fit for this model yet).")
+
+frame = result.to_frame(threshold=threshold, tpr=tpr)
+summary = frame[["image", "verdict", f"{live.method}_score", "p_value", "nll_nats", "bits_per_dim"]]
+n_ood = int(verdicts.sum())
+st.subheader(f"{len(result)} image(s) scored: {n_ood} OOD, {len(result) - n_ood} in-distribution")
+st.dataframe(summary, hide_index=True, column_config={
+    f"{live.method}_score": st.column_config.NumberColumn("ROSE score", format="%.3f"),
+    "p_value": st.column_config.NumberColumn("p-value", format="%.4f"),
+    "nll_nats": st.column_config.NumberColumn("NLL (nats)", format="%.1f"),
+    "bits_per_dim": st.column_config.NumberColumn("bits/dim", format="%.3f")}, key="score_table")
+st.download_button("Download all results (CSV)", frame.to_csv(index=False).encode(), file_name=f"rose-{name}.csv",
+                   mime="text/csv", key="score_csv")
+
+if len(result) > MAX_CARDS:
+    st.caption(f"Details for the first {MAX_CARDS} images; the table and the CSV hold all {len(result)}.")
+flat = live.rose.p == math.inf and live.rose.aggregation == "relu" and np.all(np.asarray(live.rose.beta) == 0)
+for i in range(min(len(result), MAX_CARDS)):
+    with st.container(border=True):
+        left, mid, right = st.columns([1, 1.3, 3])
+        left.image(ac.upscale(result.inputs[i]), caption=f"model input {result.inputs.shape[1]}×{result.inputs.shape[2]}")
+        verdict = ":red[**OOD**]" if verdicts[i] else ":green[**in-distribution**]"
+        nll_p = result.nll_p_value[i]
+        mid.markdown(f"**{result.names[i]}**  \n{verdict}  \n"
+                     f"ROSE score **{result.score[i]:.3f}** (threshold {threshold:.3f})  \n"
+                     f"p-value **{result.p_value[i]:.4f}**  \n"
+                     f"NLL **{result.nll_nats[i]:.1f}** nats = **{result.bits_per_dim[i]:.3f}** bits/dim"
+                     + ("" if np.isnan(nll_p) else f"  \nNLL p-value {nll_p:.3f}"))
+        right.plotly_chart(ac.zscore_figure(result.layer_names, result.layer_z[i], threshold if flat else None,
+                                            "per-layer z-scores"), key=f"z_{i}")

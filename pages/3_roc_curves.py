@@ -1,0 +1,46 @@
+"""ROC curves: every method for one OOD set, with AUROC / AUPRC / FPR80 (Figure 3, Tables 2, 4, 5)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import app_common as ac
+
+st.title("📈 ROC curves")
+picked = ac.current_model()
+if picked is None:
+    st.stop()
+name, _ = picked
+b = ac.require_bundle(name, ("scores",), "This page")
+if b is None:
+    st.stop()
+
+ood_sets, methods = b.ood_sets(), b.methods()
+if not ood_sets or not methods:
+    ac.missing_bundle_message(name, "The ROC curves")
+    st.stop()
+c1, c2 = st.columns([1, 3])
+ood = c1.selectbox("OOD set", ood_sets, index=ood_sets.index("mnist") if "mnist" in ood_sets else 0,
+                   format_func=ac.dataset_label, key="roc_ood")
+chosen = c2.multiselect("Methods", methods, default=methods, format_func=ac.method_label, key="roc_methods")
+if not chosen:
+    st.info("Pick at least one method.")
+    st.stop()
+
+curves = ac.roc_curves(b.table("scores"), chosen, ood)
+if not curves:
+    st.warning(f"The bundle has no scores of these methods for {ac.dataset_label(ood)}.")
+    st.stop()
+st.plotly_chart(ac.roc_figure(curves, f"{ac.dataset_label(b.in_dist())} (in) vs {ac.dataset_label(ood)} (OOD)"),
+                key="roc_chart")
+
+table = ac.metrics_view(b, ood, chosen)
+table.insert(0, "Method", table.pop("method").map(ac.method_label))
+st.dataframe(table.rename(columns={"auroc": "AUROC", "auprc_in": "AUPRC (in)", "auprc_out": "AUPRC (out)",
+                                   "fpr80": "FPR80", "n_in": "n in", "n_ood": "n OOD", "source": "source"}),
+             hide_index=True, key="roc_table",
+             column_config={c: st.column_config.NumberColumn(format="%.3f")
+                            for c in ("AUROC", "AUPRC (in)", "AUPRC (out)", "FPR80")})
+st.caption("Conventions (rose_core.metrics): AUROC and FPR80 treat OOD as the positive class; AUPRC (in) treats "
+           "in-distribution as positive (the paper's Table 4), AUPRC (out) OOD. FPR80 = fraction of in-distribution "
+           "images flagged at the threshold that catches 80% of the OOD images (lower is better).")

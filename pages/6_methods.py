@@ -1,0 +1,49 @@
+"""Methods: the Table-2-style comparison and throughput vs Overall AUROC (Figure 4)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import app_common as ac
+
+st.title("⚖️ Methods")
+picked = ac.current_model()
+if picked is None:
+    st.stop()
+name, _ = picked
+b = ac.require_bundle(name, ("metrics",), "This page")
+if b is None:
+    st.stop()
+
+metric = st.radio("Metric", ["auroc", "auprc_in", "fpr80"], format_func=ac.METRIC_LABELS.get, horizontal=True,
+                  key="methods_metric")
+table = ac.comparison_view(b, metric)
+if table.empty:
+    ac.missing_bundle_message(name, "The comparison table")
+    st.stop()
+shown = table.rename(index=ac.method_label, columns=ac.dataset_label)
+lower_better = metric.startswith("fpr")
+styled = shown.style.format("{:.3f}", na_rep="—").highlight_min(axis=0, color="#c7e9c0") if lower_better \
+    else shown.style.format("{:.3f}", na_rep="—").highlight_max(axis=0, color="#c7e9c0")
+st.subheader(f"{ac.METRIC_LABELS[metric]} per OOD set")
+st.dataframe(styled, key="methods_table")
+standins = [c for c in table.columns if c != "overall" and "stand-in" in ac.dataset_label(c).lower()]
+st.caption(f"In-distribution: {ac.dataset_label(b.in_dist())}. Green = best in each column "
+           f"({'lower' if lower_better else 'higher'} is better). "
+           + (f"Stand-in datasets (offline substitutes, not the paper's data): "
+              f"{', '.join(ac.dataset_label(c) for c in standins)}. " if standins else "")
+           + "Overall = the union of the OOD sets (section 5.1).")
+
+st.subheader("Throughput vs Overall AUROC")
+tv = ac.throughput_view(b)
+if tv.empty or tv["overall_auroc"].isna().all():
+    ac.missing_bundle_message(name, "The throughput chart (Figure 4)")
+else:
+    device = ", ".join(sorted(set(tv["device"].astype(str))))
+    st.plotly_chart(ac.throughput_figure(tv, f"Images per second vs Overall AUROC (measured on {device})"),
+                    key="methods_throughput")
+    st.dataframe(tv.assign(method=tv["method"].astype(str).map(ac.method_label)).rename(
+        columns={"images_per_s": "images/s", "overall_auroc": "Overall AUROC"}), hide_index=True,
+        key="methods_throughput_table")
+    st.caption("All methods timed in one run on the same images and device, so ratios are comparable; absolute "
+               "numbers depend on the machine.")

@@ -1,0 +1,403 @@
+"""The Streamlit app, page by page, with streamlit.testing.v1.AppTest.
+
+Each test points the app at a temporary checkpoints folder (a tiny VAE) and a
+temporary results root holding a small synthetic bundle in the schema of
+rose_core.results (``ROSE_CHECKPOINTS``, ``ROSE_RESULTS``), so the pages are
+tested without the real bundle; the bundle's ROSE fit is a real fit of the
+tiny model, so uploaded images get real scores.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from rose_core.checkpoint import save_model
+from rose_core.data import load_dataset, to_model_input
+from rose_core.live import LiveScorer
+from rose_core.metrics import auroc, ood_metrics
+from rose_core.models import VAE, VAEConfig
+from rose_core.results import Results
+from rose_core.scorers.rose import RoseScorer
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "tiny-vae"
+LAYERS = ["encoder.0", "encoder.2", "encoder.5", "mu_head", "logvar_head"]
+IN_SET = "fashion-mnist"
+OOD_SETS = ["mnist", "noise", "letters-fonts"]
+# mean shift of the OOD scores (in-distribution ~ N(0, 1)); NLL fails on MNIST as in the paper
+SHIFTS = {"rose-ekfac": {"mnist": 3.0, "noise": 6.0, "letters-fonts": 2.5},
+          "rose-diag": {"mnist": 2.0, "noise": 5.0, "letters-fonts": 1.5},
+          "nll": {"mnist": -1.8, "noise": 8.0, "letters-fonts": 0.4},
+          "likelihood-ratio": {"mnist": 1.0, "noise": -0.5, "letters-fonts": 1.2},
+          "input-complexity-png": {"mnist": 1.5, "noise": -3.0, "letters-fonts": 1.0}}
+BRIGHTNESS = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8]
+
+
+# --------------------------------------------------------------------------------------------
+# A small synthetic bundle in the harness's schema (test data only; never shipped)
+# --------------------------------------------------------------------------------------------
+
+def _metrics_row(method, ood_set, pert, strength, a, o, repeat=0):
+    m = ood_metrics(a, o)
+    return {"method": method, "ood_set": ood_set, "perturbation": pert, "strength": strength, "repeat": repeat, **m}
+
+
+def build_synthetic_bundle(root: Path, name: str, rose_in_scores: np.ndarray | None = None, n: int = 120,
+                           seed: int = 0) -> Results:
+    rng = np.random.default_rng(seed)
+    res = Results.for_checkpoint(name, root)
+    rows, metrics = [], []
+
+    def add(dataset, is_ood, method, values, pert="none", strength=np.nan, nll=None):
+        rows.append(pd.DataFrame({"dataset": dataset, "is_ood": is_ood, "index": np.arange(len(values)),
+                                  "method": method, "perturbation": pert, "strength": strength, "repeat": 0,
+                                  "score": values, "nll_nats": nll if nll is not None else np.nan}))
+
+    def nll_of(v):
+        return 2300.0 + 60.0 * v
+
+    in_scores = {}
+    for method, shifts in SHIFTS.items():
+        a = rng.normal(0, 1, n)
+        if method == "rose-ekfac" and rose_in_scores is not None:
+            a = np.asarray(rose_in_scores, dtype=np.float64)
+        in_scores[method] = a
+        add(IN_SET, False, method, nll_of(a) if method == "nll" else a, nll=nll_of(a) if method == "nll" else None)
+        pooled = []
+        for ood_set, shift in shifts.items():
+            o = rng.normal(shift, 1, n) + (a.mean() if method == "rose-ekfac" else 0)
+            pooled.append(o)
+            add(ood_set, True, method, nll_of(o) if method == "nll" else o, nll=nll_of(o) if method == "nll" else None)
+            metrics.append(_metrics_row(method, ood_set, "none", np.nan, a, o))
+        metrics.append(_metrics_row(method, "overall", "none", np.nan, a, np.concatenate(pooled)))
+        # brightness sweep of MNIST (ROSE stays high, the others swing) and an SVD sweep
+        for s in BRIGHTNESS:
+            swing = 0.5 if method.startswith("rose") else 2.5
+            o = rng.normal(shifts["mnist"] + swing * (s - 1.0) * (1 if method != "likelihood-ratio" else -1), 1, 60)
+            add("mnist", True, method, o, "brightness", s)
+            metrics.append(_metrics_row(method, "mnist", "brightness", s, a, o))
+        for k in (22, 28):
+            for rep in range(2):
+                o = rng.normal(shifts["mnist"] * (0.5 + k / 56), 1, 60)
+                metrics.append(_metrics_row(method, "mnist", "svd", float(k), a, o, repeat=rep))
+    scores = pd.concat(rows, ignore_index=True)
+    scores["score"] = scores["score"].astype(float)
+    res.write("scores", scores)
+    res.write("metrics", pd.DataFrame(metrics))
+
+    layer_rows, layer_metrics = [], []
+    for fisher, strength in (("ekfac", 1.0), ("diag", 0.6)):
+        for j, layer in enumerate(LAYERS):
+            a = rng.lognormal(0, 0.5, n)
+            layer_rows.append(pd.DataFrame({"dataset": IN_SET, "is_ood": False, "index": np.arange(n),
+                                            "fisher": fisher, "layer": layer, "raw": a, "z": (a - a.mean()) / a.std()}))
+            for k, ood_set in enumerate(OOD_SETS):
+                o = rng.lognormal(strength * ((j + k) % 4) * 0.6 - 0.3, 0.5, n)
+                layer_rows.append(pd.DataFrame({"dataset": ood_set, "is_ood": True, "index": np.arange(n),
+                                                "fisher": fisher, "layer": layer, "raw": o,
+                                                "z": (o - a.mean()) / a.std()}))
+                layer_metrics.append({"fisher": fisher, "layer": layer, "ood_set": ood_set, "auroc": auroc(a, o)})
+    res.write("layers", pd.concat(layer_rows, ignore_index=True))
+    res.write("layer_metrics", pd.DataFrame(layer_metrics))
+    res.write("throughput", pd.DataFrame({"method": list(SHIFTS), "images_per_s": [110.0, 160.0, 400.0, 190.0, 350.0],
+                                          "n_images": 500, "batch_size": 64, "device": "cpu"}))
+    fs = [{"fisher": f, "n_fit": nf, "repeat": r, "ood_set": "overall",
+           "auroc": float(np.clip(0.97 - 0.3 / math.sqrt(nf) + rng.normal(0, 0.01), 0, 1))}
+          for f in ("ekfac", "diag") for nf in (10, 100, 1000) for r in range(4)]
+    res.write("fisher_samples", pd.DataFrame(fs))
+    res.write_manifest({"checkpoint": {"name": name},
+                        "in_distribution": {"name": IN_SET, "split": "test", "n": n, "seed": seed},
+                        "ood_sets": OOD_SETS, "experiments": ["table2", "table1", "figure5", "layers"],
+                        "synthetic": "test data written by tests/test_app.py"})
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Tiny VAE checkpoint, its real ROSE fit and a synthetic bundle around it."""
+    tmp = tmp_path_factory.mktemp("app")
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(channels=1, base_width=4, latent_dim=3)).eval()
+    save_model(model, tmp / "checkpoints" / MODEL, dataset=IN_SET, epochs=3, test_bits_per_dim=4.5)
+    fit_x = to_model_input(load_dataset(IN_SET, "train", n=24, seed=5).images, channels=1)
+    scorer = RoseScorer(model, fisher="ekfac").fit(fit_x)
+    test_x = to_model_input(load_dataset(IN_SET, "test", n=40, seed=6).images, channels=1)
+    in_scores = scorer.score(test_x).score
+    res = build_synthetic_bundle(tmp / "results", MODEL, rose_in_scores=in_scores, n=40)
+    scorer.save(res.folder / "fits" / "rose-ekfac")
+    return {"root": tmp, "checkpoints": tmp / "checkpoints", "results": tmp / "results"}
+
+
+@pytest.fixture
+def app_env(env, monkeypatch):
+    monkeypatch.setenv("ROSE_CHECKPOINTS", str(env["checkpoints"]))
+    monkeypatch.setenv("ROSE_RESULTS", str(env["results"]))
+    monkeypatch.setenv("ROSE_LIVE_FIT_N", "24")
+    monkeypatch.setenv("ROSE_LIVE_N", "8")
+    return env
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    if page:
+        at.switch_page(page)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def chart(at: AppTest, title: str) -> dict:
+    found = [c for c in charts(at) if title in str(c.get("layout", {}).get("title", {}).get("text", ""))]
+    assert found, f"no chart titled {title!r}; titles: {[c['layout'].get('title') for c in charts(at)]}"
+    return found[0]
+
+
+def arr(v) -> np.ndarray:
+    """Plotly's JSON of an array: a list, or a typed array {"dtype", "bdata" (base64)}."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        if "shape" in v:
+            shape = v["shape"]
+            a = a.reshape([int(x) for x in (shape.split(",") if isinstance(shape, str) else shape)])
+        return a
+    return np.asarray(v)
+
+
+def texts(at: AppTest, kind: str) -> list[str]:
+    return [e.value for e in getattr(at, kind)]
+
+
+def png(array: np.ndarray, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Home
+# --------------------------------------------------------------------------------------------
+
+def test_home_shows_card_datasets_and_key_figure(app_env):
+    at = open_page()
+    assert at.sidebar.selectbox[0].value == MODEL
+    assert [m.value for m in at.metric][:3] == ["VAE", "Fashion-MNIST", "3"]
+    nll = chart(at, "NLL (AUROC")
+    rose = chart(at, "ROSE (EKFAC) (AUROC")
+    assert len(nll["data"]) == 2 and nll["layout"]["xaxis"]["title"]["text"] == "NLL (nats)"
+    assert "MNIST" in nll["data"][1]["name"]
+    assert float(nll["layout"]["title"]["text"].split("AUROC ")[1].rstrip(")")) < 0.5  # NLL fails on MNIST
+    assert float(rose["layout"]["title"]["text"].split("AUROC ")[1].rstrip(")")) > 0.9
+    datasets = at.dataframe[0].value
+    assert {"fashion-mnist", "mnist"} <= set(datasets["dataset"])
+    assert datasets.set_index("dataset").loc["fashion-mnist", "available here"]
+
+
+def test_home_without_bundle_says_how_to_compute_it(app_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROSE_RESULTS", str(tmp_path / "empty"))
+    at = open_page()
+    assert any(f"python -m rose_core evaluate --checkpoint checkpoints/{MODEL}" in t for t in texts(at, "info"))
+    assert charts(at) == []
+
+
+def test_no_checkpoint_is_explained(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROSE_CHECKPOINTS", str(tmp_path / "none"))
+    monkeypatch.setenv("ROSE_RESULTS", str(tmp_path / "results"))
+    at = open_page()
+    assert any("No model checkpoint" in t for t in texts(at, "error"))
+    at.switch_page("pages/1_score_images.py").run()
+    assert not at.exception and any("No model checkpoint" in t for t in texts(at, "error"))
+
+
+# --------------------------------------------------------------------------------------------
+# Bundle pages
+# --------------------------------------------------------------------------------------------
+
+def test_likelihood_vs_rose_widgets_change_the_histograms(app_env):
+    at = open_page("pages/2_likelihood_vs_rose.py")
+    nll = chart(at, "Negative log-likelihood")
+    assert nll["data"][1]["name"].startswith("MNIST")
+    mnist_x = nll["data"][1]["x"]
+    at.selectbox(key="lvr_ood").set_value("noise").run()
+    nll = chart(at, "Negative log-likelihood")
+    assert nll["data"][1]["name"].startswith("Uniform noise") and not np.array_equal(arr(nll["data"][1]["x"]),
+                                                                                      arr(mnist_x))
+    at.radio(key="lvr_unit").set_value("bits/dim").run()
+    nll = chart(at, "Negative log-likelihood")
+    assert nll["layout"]["xaxis"]["title"]["text"] == "NLL (bits per dimension)"
+    assert arr(nll["data"][0]["x"]).max() < 10  # nats / (1024 ln 2)
+    rose_ekfac = arr(chart(at, "ROSE (EKFAC)")["data"][0]["x"])
+    at.radio(key="lvr_rose").set_value("rose-diag").run()
+    assert not np.array_equal(arr(chart(at, "ROSE (DIAG)")["data"][0]["x"]), rose_ekfac)
+
+
+def test_roc_curves_methods_and_table(app_env):
+    at = open_page("pages/3_roc_curves.py")
+    fig = chart(at, "vs MNIST (OOD)")
+    names = [t["name"] for t in fig["data"]]
+    assert len(names) == len(SHIFTS) + 1 and names[-1] == "chance"
+    assert any(n.startswith("ROSE (EKFAC) (AUROC") for n in names)
+    table = at.dataframe[0].value
+    assert list(table["Method"])[:2] == ["ROSE (EKFAC)", "ROSE (DIAG)"]
+    assert table.set_index("Method").loc["NLL", "AUROC"] < 0.5
+    assert set(table["source"]) == {"bundle"}
+    at.multiselect(key="roc_methods").set_value(["rose-ekfac", "nll"]).run()
+    assert len(chart(at, "vs MNIST (OOD)")["data"]) == 3
+    assert len(at.dataframe[0].value) == 2
+
+
+def test_layer_heatmap_toggle(app_env):
+    at = open_page("pages/4_layer_auroc.py")
+    ek = chart(at, "EKFAC Fisher")
+    assert ek["data"][0]["y"] == LAYERS and len(ek["data"][0]["x"]) == len(OOD_SETS)
+    at.radio(key="layer_fisher").set_value("diag").run()
+    diag = chart(at, "DIAG Fisher")
+    assert arr(ek["data"][0]["z"]).shape == (len(LAYERS), len(OOD_SETS))
+    assert not np.array_equal(arr(diag["data"][0]["z"]), arr(ek["data"][0]["z"]))
+    assert any("Best single layer" in m for m in texts(at, "markdown"))
+
+
+def test_methods_table_and_throughput(app_env):
+    at = open_page("pages/6_methods.py")
+    table = at.dataframe[0].value
+    assert "Overall" in table.columns and "ROSE (EKFAC)" in table.index
+    auroc_value = table.loc["ROSE (EKFAC)", "MNIST"]
+    at.radio(key="methods_metric").set_value("fpr80").run()
+    fpr = at.dataframe[0].value.loc["ROSE (EKFAC)", "MNIST"]
+    assert fpr != auroc_value
+    scatter = chart(at, "Images per second vs Overall AUROC")
+    assert scatter["layout"]["xaxis"]["type"] == "log" and len(scatter["data"]) == len(SHIFTS)
+
+
+def test_robustness_slider_sweeps_and_figure5(app_env):
+    at = open_page("pages/5_robustness.py")
+    assert not at.exception
+    live = chart(at, "AUROC at 1.0× brightness")
+    labels = live["data"][0]["x"]
+    assert "ROSE (EKFAC) (live)" in labels and "ROSE (EKFAC)" in labels  # live and bundle side by side
+    assert len(at.get("image")) >= 1 and len(at.get("image")[0].proto.imgs) == 8
+    before = arr(live["data"][0]["y"])
+    at.slider(key="rob_brightness").set_value(0.4).run()
+    assert not at.exception
+    after = arr(chart(at, "AUROC at 0.4× brightness")["data"][0]["y"])
+    assert not np.array_equal(after, before)
+    sweep = chart(at, "AUROC vs brightness")
+    assert len(sweep["data"]) == len(SHIFTS) and arr(sweep["data"][0]["x"]).tolist() == BRIGHTNESS
+    summary = at.dataframe[0].value
+    assert set(summary.columns) >= {"method", "mean AUROC", "std of AUROC"}
+    at.selectbox(key="rob_sweep").set_value("svd").run()
+    svd = chart(at, "AUROC vs svd blur")
+    assert arr(svd["data"][0]["x"]).tolist() == [22.0, 28.0]
+    assert svd["layout"]["xaxis"]["title"]["text"].startswith("K")
+    fs = chart(at, "Fisher sample size")
+    assert {t["name"] for t in fs["data"]} == {"EKFAC", "DIAG"}
+
+
+# --------------------------------------------------------------------------------------------
+# Score images
+# --------------------------------------------------------------------------------------------
+
+def _bad_and_odd_files() -> list[tuple[str, bytes, str]]:
+    digit = load_dataset("mnist", "test", n=1, seed=0).images[0, ..., 0]
+    good = png(digit)
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., :3] = digit[..., None]
+    rgba[..., 3] = np.where(digit > 0, 255, 0)
+    frames = [Image.fromarray(np.full((16, 16), v, np.uint8)) for v in (10, 200)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    deep = io.BytesIO()
+    Image.fromarray((digit.astype(np.uint16) * 257)).save(deep, format="PNG")
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (20, 20), (0, 200, 200, 0)).save(cmyk, format="JPEG")
+    bomb = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(bomb, format="PNG")
+    return [
+        ("digit.png", good, "image/png"),
+        ("empty.png", b"", "image/png"),
+        ("notes.txt", b"just some text\n", "text/plain"),
+        ("cut.png", good[: len(good) // 2], "image/png"),
+        ("dot.png", png(np.zeros((1, 1), np.uint8)), "image/png"),
+        ("bomb.png", bomb.getvalue(), "image/png"),
+        ("anim.gif", buf.getvalue(), "image/gif"),
+        ("alpha.png", png(rgba), "image/png"),
+        ("deep.png", deep.getvalue(), "image/png"),
+        ("cmyk.jpg", cmyk.getvalue(), "image/jpeg"),
+    ]
+
+
+def test_upload_good_and_bad_files(app_env):
+    files = _bad_and_odd_files()
+    at = open_page("pages/1_score_images.py")
+    assert any("Upload one or more images" in t for t in texts(at, "info"))
+    at.file_uploader(key="score_files").set_value(files).run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    errors = " ".join(texts(at, "error"))
+    for name, phrase in [("empty.png", "empty"), ("notes.txt", "text file"), ("cut.png", "truncated"),
+                         ("dot.png", "1×1"), ("bomb.png", "decompression bomb")]:
+        assert f"**{name}** was not scored" in errors and phrase in errors, name
+    warnings = " ".join(texts(at, "warning"))
+    for name, phrase in [("anim.gif", "first frame"), ("alpha.png", "black"), ("deep.png", "16-bit"),
+                         ("cmyk.jpg", "CMYK")]:
+        assert f"**{name}**" in warnings and phrase in warnings, name
+
+    table = at.dataframe[0].value
+    scored = ["digit.png", "anim.gif", "alpha.png", "deep.png", "cmyk.jpg"]
+    assert list(table["image"]) == scored
+    # the scores are those of the library's LiveScorer on the same model, fit and calibration
+    live = LiveScorer(app_env["checkpoints"] / f"{MODEL}.json", results=app_env["results"], nll_k=20)
+    assert live.fit_source == "bundle"
+    from rose_core.imageio import decode_image
+
+    arrays = [decode_image(data, n).array for n, data, _ in files if n in scored]
+    expected = live.score(arrays, scored)
+    np.testing.assert_allclose(table["rose-ekfac_score"], expected.score, rtol=1e-6)
+    np.testing.assert_allclose(table["nll_nats"], expected.nll_nats, rtol=1e-6)
+    t95 = live.threshold(0.95)
+    assert list(table["verdict"]) == ["OOD" if s > t95 else "in-distribution" for s in expected.score]
+    # same image content, same score: the RGBA digit composited on black is the digit itself
+    assert table["rose-ekfac_score"].iloc[2] == pytest.approx(table["rose-ekfac_score"].iloc[0])
+
+    assert len(at.get("download_button")) == 1
+    z = [c for c in charts(at) if c["layout"]["title"]["text"] == "per-layer z-scores"]
+    assert len(z) == len(scored) and z[0]["data"][0]["x"] == LAYERS
+    np.testing.assert_allclose(arr(z[0]["data"][0]["y"]), expected.layer_z[0], rtol=1e-6)
+
+    # a stricter TPR moves the threshold up, without rescoring
+    first = [m for m in texts(at, "markdown") if m.startswith("**Threshold**")][0]
+    at.slider(key="score_tpr").set_value(0.80).run()
+    second = [m for m in texts(at, "markdown") if m.startswith("**Threshold**")][0]
+    assert first != second and f"{live.threshold(0.80):.3f}" in second
+
+
+def test_dataset_samples(app_env):
+    at = open_page("pages/1_score_images.py")
+    at.radio(key="score_source").set_value("Dataset samples").run()
+    at.selectbox(key="score_dataset").set_value("fashion-mnist").run()
+    at.number_input(key="score_n").set_value(3).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["image"]) == [f"fashion-mnist sample {i}" for i in (1, 2, 3)]
+    assert np.isfinite(table["p_value"]).all() and ((table["p_value"] > 0) & (table["p_value"] <= 1)).all()
