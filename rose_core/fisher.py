@@ -47,9 +47,15 @@ when that is cheaper: rotating ``h`` first costs ``T·D²`` per sample versus
 ``C·D²`` for rotating ``G``; rotating ``δ`` first costs ``T·C²`` versus ``D·C²``
 (``T`` positions). With a single position and no offset (the VAE's μ/log σ²
 heads, linear layers) ``G`` is rank one and never materialised:
-``s = (δ̃²)ᵀ (1/(Σ+λ)) (h̃²)`` and ``Σ`` sums as ``(δ̃²)ᵀ (h̃²)``. Otherwise ``G̃`` is
-built chunk by chunk (bounded memory) and ``s`` is a matrix-vector product
-with ``1/(Σ+λ)``.
+``s = (δ̃²)ᵀ (1/(Σ+λ)) (h̃²)`` and ``Σ`` sums as ``(δ̃²)ᵀ (h̃²)``; layers that read the
+same input tensor and have bit-identical ``A`` (the μ and log σ² heads) share one
+``eigh`` and one rotated ``h̃``. Otherwise the whole batch's ``h`` and ``δ`` are
+rotated with one large matrix product each, then ``G̃`` is built block by block
+(cache-sized on the CPU, bounded memory everywhere) and ``s`` is a
+matrix-vector product of the squared block with ``1/(Σ+λ)``. Measured on the
+paper-size FMNIST VAE (2-core CPU, one thread, batch 128): the whole EKFAC
+preconditioning of the five encoder layers costs about 16% of a forward+backward
+pass; DIAG about 4%.
 """
 
 from __future__ import annotations
@@ -72,6 +78,11 @@ Stat = LayerFactors | torch.Tensor
 _F64 = torch.float64
 
 
+CPU_CHUNK_ELEMENTS = 1 << 20
+"""Default block size (elements of ``(n, C, D)``) on the CPU: 4 MiB in float32 stays in cache, which
+made the square-and-sum after the batched product about 1.7× faster than whole-batch blocks here."""
+
+
 def _rows(n: int, c: int, d: int, max_elements: int) -> Iterator[slice]:
     step = max(1, max_elements // max(1, c * d))
     for i in range(0, n, step):
@@ -86,23 +97,33 @@ def _shape_of(stat: Stat) -> tuple[int, int]:
     return stat.shape if isinstance(stat, LayerFactors) else (stat.shape[1], stat.shape[2])
 
 
-def _dense_blocks(stat: Stat, max_elements: int) -> Iterator[torch.Tensor]:
-    """Per-sample gradient blocks ``(n, C, D)`` of a statistic."""
+def _device_dtype(stat: Stat) -> tuple[torch.dtype, torch.device]:
+    t = stat.raw_grad if isinstance(stat, LayerFactors) else stat
+    return t.dtype, t.device
+
+
+def _dense_blocks(stat: Stat, max_elements: int) -> Iterator[tuple[torch.Tensor, bool]]:
+    """Per-sample gradient blocks ``(n, C, D)`` of a statistic, with whether the block is a fresh
+    tensor (which may then be overwritten in place)."""
     if isinstance(stat, LayerFactors):
         for rows in stat.chunks(max_elements):
-            yield stat.grads_chunk(rows)
+            yield stat.grads_chunk(rows), True
     else:
         if stat.ndim != 3:
             raise ValueError(f"Dense per-sample gradients must have shape (N, C, D), got {tuple(stat.shape)}.")
         n, c, d = stat.shape
         for rows in _rows(n, c, d, max_elements):
-            yield stat[rows]
+            yield stat[rows], False
 
 
-def _weighted_sq_norm(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``Σ_ij g_ij² w_ij`` per sample of ``g`` ``(n, C, D)``."""
+def _squared(g: torch.Tensor, fresh: bool) -> torch.Tensor:
+    return g.square_() if fresh else g * g
+
+
+def _weighted_sq_norm(g: torch.Tensor, w: torch.Tensor, fresh: bool) -> torch.Tensor:
+    """``Σ_ij g_ij² w_ij`` per sample of ``g`` ``(n, C, D)`` (a matrix-vector product)."""
     n = g.shape[0]
-    return (g * g).reshape(n, -1) @ w.reshape(-1)
+    return _squared(g, fresh).reshape(n, -1) @ w.reshape(-1)
 
 
 class LayerwiseFisher:
@@ -115,14 +136,22 @@ class LayerwiseFisher:
     passes: int = 1
     _KIND_ID = {"diag": 1, "ekfac": 2}
 
-    def __init__(self, damping: float = 1e-8, max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> None:
+    def __init__(self, damping: float = 1e-8, max_elements: int | None = None) -> None:
         if not (damping >= 0.0) or damping != damping or damping == float("inf"):
             raise ValueError(f"damping must be a finite number >= 0, got {damping!r}.")
         self.damping = float(damping)
-        self.max_elements = int(max_elements)
+        self.max_elements = None if max_elements is None else int(max_elements)
+        """Largest ``(n, C, D)`` block materialised at once; ``None``: 2^20 elements on the CPU
+        (cache-sized), 2^24 on accelerators (fewer kernel launches)."""
         self.phase = 0
         self.state: dict[str, dict[str, torch.Tensor]] = {}
-        self._weights: dict[tuple, torch.Tensor] = {}
+        self._weights: dict[tuple, object] = {}   # derived tensors (inverse weights, cast bases), per dtype/device
+        self._call: dict[tuple, torch.Tensor] = {}  # results shared between layers within one call
+
+    def _block_elements(self, device: torch.device) -> int:
+        if self.max_elements is not None:
+            return self.max_elements
+        return CPU_CHUNK_ELEMENTS if device.type == "cpu" else DEFAULT_CHUNK_ELEMENTS
 
     # --- interface -------------------------------------------------------------------
     @property
@@ -146,6 +175,7 @@ class LayerwiseFisher:
         if self.state and set(stats) != set(self.state):
             raise ValueError(f"Statistics for layers {sorted(stats)} do not match the fit's layers {sorted(self.state)}.")
         self._weights.clear()
+        self._call = {}
         with torch.no_grad():
             for name, stat in stats.items():
                 if name not in self.state:
@@ -157,6 +187,7 @@ class LayerwiseFisher:
                     raise ValueError(f"Layer {name!r}: gradient shape {_shape_of(stat)} does not match the fit's "
                                      f"{tuple(st['shape'].tolist())}.")
                 self._update_layer(name, st, stat)
+        self._call = {}
 
     def end_pass(self) -> None:
         """Close the current pass (EKFAC: computes the eigenbases after pass 0)."""
@@ -170,6 +201,7 @@ class LayerwiseFisher:
         with torch.no_grad():
             for st in self.state.values():
                 self._end_pass_layer(st, self.phase)
+        self._call = {}
         self.phase += 1
         self._weights.clear()
 
@@ -215,7 +247,7 @@ class LayerwiseFisher:
         acc = set(self._acc_keys(p))
         for name, st in self.state.items():
             ot = other.state[name]
-            if not torch.equal(st["shape"], ot["shape"]):
+            if self._shape(st) != self._shape(ot):
                 raise ValueError(f"Layer {name!r} has different shapes in the two fits.")
             for k, v in st.items():
                 if k in acc or k == "shape":
@@ -235,6 +267,7 @@ class LayerwiseFisher:
         if not self.ready:
             raise RuntimeError(f"The {self.kind} fit is not finished: {self.phase} of {self.passes} pass(es) ended.")
         out = {}
+        self._call = {}
         with torch.no_grad():
             for name, stat in grads.items():
                 if name not in self.state:
@@ -244,13 +277,15 @@ class LayerwiseFisher:
                     raise ValueError(f"Layer {name!r}: gradient shape {_shape_of(stat)} does not match the fit's "
                                      f"{self._shape(st)}.")
                 out[name] = self._score_layer(name, st, stat)
+        self._call = {}
         return out
 
     def to(self, device: str | torch.device) -> "LayerwiseFisher":
         """Move every statistic to ``device`` (in place; returns ``self``)."""
         for st in self.state.values():
             for k in list(st):
-                st[k] = st[k].to(device)
+                if k != "shape":  # metadata stays on the CPU
+                    st[k] = st[k].to(device)
         self._weights.clear()
         return self
 
@@ -266,7 +301,7 @@ class LayerwiseFisher:
         return sd
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], max_elements: int = DEFAULT_CHUNK_ELEMENTS
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], max_elements: int | None = None
                         ) -> "LayerwiseFisher":
         """Rebuild a fit from :meth:`state_dict` (``cls`` may be the base class: the kind is read from ``sd``)."""
         try:
@@ -359,8 +394,8 @@ class DiagFisher(LayerwiseFisher):
             st["count"] += stat.n
             return
         n = 0
-        for g in _dense_blocks(stat, self.max_elements):
-            st["sq_sum"] += (g * g).sum(0).to(_F64)
+        for g, fresh in _dense_blocks(stat, self._block_elements(_device_dtype(stat)[1])):
+            st["sq_sum"] += _squared(g, fresh).sum(0).to(_F64)
             n += g.shape[0]
         st["count"] += n
 
@@ -370,15 +405,13 @@ class DiagFisher(LayerwiseFisher):
         return st["sq_sum"] / st["count"]
 
     def _score_layer(self, name: str, st: dict, stat: Stat) -> torch.Tensor:
-        if isinstance(stat, LayerFactors):
-            dtype, dev = stat.delta.dtype, stat.delta.device
-        else:
-            dtype, dev = stat.dtype, stat.device
+        dtype, dev = _device_dtype(stat)
         w = self._inverse_weights(name, st, "sq_sum", "count", dtype, dev)
         if _rank_one(stat):
             dl, hl = stat.delta[:, :, 0], stat.h[:, :, 0]
             return ((dl * dl) @ w * (hl * hl)).sum(1)
-        return torch.cat([_weighted_sq_norm(g, w) for g in _dense_blocks(stat, self.max_elements)])
+        return torch.cat([_weighted_sq_norm(g, w, fresh)
+                          for g, fresh in _dense_blocks(stat, self._block_elements(dev))])
 
 
 class EkfacFisher(LayerwiseFisher):
@@ -429,67 +462,94 @@ class EkfacFisher(LayerwiseFisher):
         st["pos_count"] += n * t
         st["n_factors"] += n
 
+    def end_pass(self) -> None:
+        self._eigh_cache: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = []
+        try:
+            super().end_pass()
+        finally:
+            self._eigh_cache = []
+
+    def _eigh(self, m_sum: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigen-decomposition of ``m_sum / count`` in float64; layers with bit-identical sums (the
+        VAE's μ and log σ² heads read the same input) share one decomposition."""
+        for other, result in self._eigh_cache:
+            if other.shape == m_sum.shape and torch.equal(other, m_sum):
+                return result[0].clone(), result[1].clone()
+        m = m_sum / count
+        vals, vecs = torch.linalg.eigh(0.5 * (m + m.T))
+        # contiguous: a reloaded fit (safetensors stores row-major) then scores bit-identically
+        result = (vals, vecs.contiguous())
+        self._eigh_cache.append((m_sum, result))
+        return result
+
     def _end_pass_layer(self, st: dict, phase: int) -> None:
         if phase != 0:
             return
-        a = st["A_sum"] / st["pos_count"]
-        b = st["B_sum"] / st["pos_count"]
-        # contiguous copies: a reloaded fit (safetensors stores row-major) then scores bit-identically
-        eig_a, u_a = torch.linalg.eigh(0.5 * (a + a.T))
-        eig_b, u_b = torch.linalg.eigh(0.5 * (b + b.T))
-        st["eig_A"], st["U_A"] = eig_a, u_a.contiguous()
-        st["eig_B"], st["U_B"] = eig_b, u_b.contiguous()
+        st["eig_A"], st["U_A"] = self._eigh(st["A_sum"], st["pos_count"])
+        st["eig_B"], st["U_B"] = self._eigh(st["B_sum"], st["pos_count"])
         c, d = self._shape(st)
-        st["sigma_sum"] = torch.zeros(c, d, dtype=_F64, device=a.device)
-        st["count"] = torch.zeros((), dtype=_F64, device=a.device)
+        st["sigma_sum"] = torch.zeros(c, d, dtype=_F64, device=st["A_sum"].device)
+        st["count"] = torch.zeros((), dtype=_F64, device=st["A_sum"].device)
 
     def _bases(self, name: str, st: dict, dtype: torch.dtype, device: torch.device):
+        """``(U_A, U_B, group)`` cast to the compute dtype/device (cached); ``group`` names the first
+        layer with a bit-identical ``U_A`` (rotated inputs are shared within a group)."""
         key = (name, "U", dtype, str(device))
         u = self._weights.get(key)
         if u is None:
-            u = (st["U_A"].to(device=device, dtype=dtype), st["U_B"].to(device=device, dtype=dtype))
+            group = next(n for n, o in self.state.items()
+                         if o["U_A"].shape == st["U_A"].shape and torch.equal(o["U_A"], st["U_A"]))
+            u = (st["U_A"].to(device=device, dtype=dtype), st["U_B"].to(device=device, dtype=dtype), group)
             self._weights[key] = u
         return u
 
     def _rotated(self, name: str, st: dict, stat: Stat):
-        """``("rank1", h̃ (N, D), δ̃ (N, C))`` or ``("dense", iterator of G̃ blocks (n, C, D))``."""
-        if isinstance(stat, LayerFactors):
-            dtype, dev = stat.delta.dtype, stat.delta.device
-        else:
-            dtype, dev = stat.dtype, stat.device
-        ua, ub = self._bases(name, st, dtype, dev)
+        """``("rank1", h̃ (N, D), δ̃ (N, C))`` or ``("dense", iterator of (G̃ block (n, C, D), fresh), None)``."""
+        dtype, dev = _device_dtype(stat)
+        ua, ub, group = self._bases(name, st, dtype, dev)
         if _rank_one(stat):
-            return "rank1", stat.h[:, :, 0] @ ua, stat.delta[:, :, 0] @ ub
+            raw = stat.raw_input
+            key = ("h_rot", group, raw.data_ptr(), tuple(raw.shape), tuple(raw.stride()), raw.dtype, stat.shape)
+            h_rot = self._call.get(key)
+            if h_rot is None:
+                h_rot = stat.h[:, :, 0] @ ua
+                self._call[key] = h_rot
+            return "rank1", h_rot, stat.delta[:, :, 0] @ ub
         if not isinstance(stat, LayerFactors):
-            return "dense", (ub.T @ g @ ua for g in _dense_blocks(stat, self.max_elements)), None
+            blocks = ((ub.T @ g @ ua, True) for g, _ in _dense_blocks(stat, self._block_elements(dev)))
+            return "dense", blocks, None
         return "dense", self._rotated_blocks(stat, ua, ub), None
 
-    def _rotated_blocks(self, f: LayerFactors, ua: torch.Tensor, ub: torch.Tensor) -> Iterator[torch.Tensor]:
+    def _rotated_blocks(self, f: LayerFactors, ua: torch.Tensor, ub: torch.Tensor
+                        ) -> Iterator[tuple[torch.Tensor, bool]]:
+        """Blocks of ``G̃ = U_Bᵀ (Σ_t δ_t h_tᵀ + offset) U_A``. ``h`` and ``δ`` of the whole batch are
+        rotated first when that is cheaper (one large matrix product each), then the per-sample
+        products run in cache-sized blocks."""
         c, d = f.shape
         t = f.positions
         h_first = t <= c   # T·D² (rotate h) vs C·D² (rotate G from the right)
         d_first = t <= d   # T·C² (rotate δ) vs D·C² (rotate G from the left)
+        a_all = f.delta.transpose(1, 2)   # (N, T, C)
+        b_all = f.h.transpose(1, 2)       # (N, T, D)
+        if d_first:
+            a_all = a_all @ ub
+        if h_first:
+            b_all = b_all @ ua
         off = f.offset
         if off is not None:
             if d_first:
                 off = ub.T @ off
             if h_first:
                 off = off @ ua
-        for rows in f.chunks(self.max_elements):
-            a = f.delta[rows]       # (n, C, T)
-            b = f.h[rows]           # (n, D, T)
-            if d_first:
-                a = (a.transpose(1, 2) @ ub).transpose(1, 2)
-            if h_first:
-                b = (b.transpose(1, 2) @ ua).transpose(1, 2)
-            g = torch.bmm(a, b.transpose(1, 2))
+        for rows in f.chunks(self._block_elements(a_all.device)):
+            g = torch.bmm(a_all[rows].transpose(1, 2), b_all[rows])   # (n, C, D)
             if off is not None:
                 g += off
             if not d_first:
                 g = ub.T @ g
             if not h_first:
                 g = g @ ua
-            yield g
+            yield g, True
 
     def _update_sigma(self, name: str, st: dict, stat: Stat) -> None:
         mode, x, y = self._rotated(name, st, stat)
@@ -498,8 +558,8 @@ class EkfacFisher(LayerwiseFisher):
             st["count"] += x.shape[0]
             return
         n = 0
-        for g in x:
-            st["sigma_sum"] += (g * g).sum(0).to(_F64)
+        for g, fresh in x:
+            st["sigma_sum"] += _squared(g, fresh).sum(0).to(_F64)
             n += g.shape[0]
         st["count"] += n
 
@@ -509,17 +569,12 @@ class EkfacFisher(LayerwiseFisher):
         return st["sigma_sum"] / st["count"]
 
     def _score_layer(self, name: str, st: dict, stat: Stat) -> torch.Tensor:
+        dtype, dev = _device_dtype(stat)
+        w = self._inverse_weights(name, st, "sigma_sum", "count", dtype, dev)
         mode, x, y = self._rotated(name, st, stat)
         if mode == "rank1":
-            w = self._inverse_weights(name, st, "sigma_sum", "count", x.dtype, x.device)
             return ((y * y) @ w * (x * x)).sum(1)
-        out = []
-        w = None
-        for g in x:
-            if w is None:
-                w = self._inverse_weights(name, st, "sigma_sum", "count", g.dtype, g.device)
-            out.append(_weighted_sq_norm(g, w))
-        return torch.cat(out)
+        return torch.cat([_weighted_sq_norm(g, w, fresh) for g, fresh in x])
 
 
 FISHER_KINDS: dict[str, type[LayerwiseFisher]] = {"diag": DiagFisher, "ekfac": EkfacFisher}

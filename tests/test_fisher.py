@@ -275,3 +275,52 @@ def test_save_load_round_trip(setup, tmp_path, kind):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError):
         load_fisher(path)
+
+
+def test_shared_input_layers_share_basis_and_match_dense():
+    """Two heads reading the same tensor (like the VAE's μ / log σ² heads) share U_A and the rotated input."""
+
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(1, 3, 3, stride=2, padding=1, bias=False)
+            self.mu = nn.Conv2d(3, 2, 4, bias=False)
+            self.lv = nn.Conv2d(3, 2, 4, bias=False)
+
+        def per_sample_loss(self, x):
+            h = torch.tanh(self.body(x))
+            mu, lv = self.mu(h).flatten(1), self.lv(h).flatten(1)
+            return (mu ** 2 + lv.exp() - lv).sum(1) + torch.sin(mu * lv).sum(1)
+
+    torch.manual_seed(0)
+    net = Heads().to(DT)
+    layers = resolve_layers(net, ["mu", "lv", "body"])
+    x = torch.randn(64, 1, 8, 8, dtype=DT)
+    fisher = _fit("ekfac", net, layers, [x[:32], x[32:]])
+    assert torch.equal(fisher.state["mu"]["U_A"], fisher.state["lv"]["U_A"])
+    assert fisher.state["mu"]["U_A"].data_ptr() != fisher.state["lv"]["U_A"].data_ptr()  # safetensors-safe
+    test = _stats(net, layers, torch.randn(5, 1, 8, 8, dtype=DT))
+    s = fisher.precondition_norm(test)
+    fit_stats = _stats(net, layers, x)
+    for name in ("mu", "lv", "body"):
+        st = fisher.state[name]
+        u = torch.kron(st["U_A"], st["U_B"])
+        sigma = ((_vec(fit_stats[name].grads()) @ u) ** 2).mean(0)
+        f_inv = torch.linalg.inv(u @ torch.diag(sigma + 1e-3 * sigma.mean()) @ u.T)
+        g = _vec(test[name].grads())
+        assert torch.allclose(s[name], torch.einsum("ni,ij,nj->n", g, f_inv, g), rtol=1e-7), name
+
+
+@pytest.mark.parametrize("kind", ["diag", "ekfac"])
+def test_block_size_does_not_change_results(setup, kind):
+    net, x, layers, batches = setup
+    big = _fit(kind, net, layers, batches)
+    small = make_fisher(kind, damping=1e-3, max_elements=1)
+    for _ in range(small.passes):
+        for xb in batches:
+            small.update(_stats(net, layers, xb))
+        small.end_pass()
+    stats = _stats(net, layers, x[:9])
+    a, b = big.precondition_norm(stats), small.precondition_norm(stats)
+    for name in LAYERS:
+        assert torch.allclose(a[name], b[name], rtol=1e-10), name
