@@ -1,8 +1,9 @@
 """ROSE Studio: out-of-distribution detection with deep generative models.
 
 Run with ``make app`` (or ``streamlit run app.py``). This file is the entry
-point: it registers the pages, draws the model picker in the sidebar and holds
-the Home page.
+point and the Home page; the other pages are ``pages/*.py`` (Streamlit's
+multipage folder). Every page starts with :func:`app_common.page_setup`, which
+draws the same sidebar: the page links and the model picker.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ import streamlit as st
 
 import app_common as ac
 
-st.set_page_config(page_title="ROSE Studio", page_icon="🌹", layout="wide")
-
 
 def home() -> None:
-    st.title("🌹 ROSE Studio")
+    st.title("ROSE Studio")
     st.markdown("Out-of-distribution (OOD) detection with deep generative models: score any image with "
                 "**ROSE**, the layer-wise Fisher score of its gradient, and see why the likelihood alone fails.")
     picked = ac.current_model()
@@ -24,9 +23,9 @@ def home() -> None:
     name, card = picked
 
     st.subheader(f"Model: {name}")
-    cols = st.columns(5)
-    cols[0].metric("Kind", card["kind"].upper())
-    cols[1].metric("Trained on", ac.dataset_label(card.get("dataset", "?")))
+    cols = st.columns([2, 1, 1, 1, 1])
+    cols[0].metric("Trained on", ac.dataset_label(card.get("dataset", "?")))
+    cols[1].metric("Kind", card["kind"].upper())
     cols[2].metric("Epochs", card.get("epochs", "?"))
     bpd = card.get("test_bits_per_dim")
     cols[3].metric("Test bits/dim", f"{bpd:.3f}" if isinstance(bpd, (int, float)) else "?",
@@ -107,18 +106,5 @@ scores gives a p-value.
                "`make data`.")
 
 
-PAGES = [
-    st.Page(home, title="Home", icon="🏠", default=True),
-    st.Page("pages/1_score_images.py", title="Score images", icon="🔍"),
-    st.Page("pages/2_likelihood_vs_rose.py", title="Likelihood vs ROSE", icon="📊"),
-    st.Page("pages/3_roc_curves.py", title="ROC curves", icon="📈"),
-    st.Page("pages/4_layer_auroc.py", title="Layer-wise AUROC", icon="🧱"),
-    st.Page("pages/5_robustness.py", title="Robustness", icon="🌗"),
-    st.Page("pages/6_methods.py", title="Methods", icon="⚖️"),
-]
-
-page = st.navigation(PAGES)
-st.sidebar.title("ROSE Studio")
-ac.sidebar_model_picker()
-st.sidebar.caption("The model applies to every page.")
-page.run()
+ac.page_setup("Home")
+home()

@@ -137,30 +137,76 @@ def _model_order(cards: dict[str, dict]) -> list[str]:
     return sorted(cards, key=key)
 
 
+PAGES = [  # (script relative to app.py, label, icon)
+    ("app.py", "Home", ":material/home:"),
+    ("pages/1_score_images.py", "Score images", ":material/image_search:"),
+    ("pages/2_likelihood_vs_rose.py", "Likelihood vs ROSE", ":material/bar_chart:"),
+    ("pages/3_roc_curves.py", "ROC curves", ":material/show_chart:"),
+    ("pages/4_layer_auroc.py", "Layer-wise AUROC", ":material/grid_on:"),
+    ("pages/5_robustness.py", "Robustness", ":material/contrast:"),
+    ("pages/6_methods.py", "Methods", ":material/balance:"),
+]
+
+
+def page_setup(title: str) -> None:
+    """First call of every page: page config, and the shared sidebar (page links, model picker).
+
+    The app uses Streamlit's ``pages/`` folder; its default navigation is replaced by these links
+    (``client.showSidebarNavigation`` off, also set in ``.streamlit/config.toml``) so the labels
+    and icons are the same whichever page a visitor opens first.
+    """
+    st.set_page_config(page_title=f"{title} · ROSE Studio", page_icon=":material/local_florist:", layout="wide")
+    for option, value in (("client.showSidebarNavigation", False), ("client.toolbarMode", "minimal")):
+        try:
+            st.set_option(option, value)
+        except Exception:  # older or stricter runtimes: the config file still applies
+            pass
+    with st.sidebar:
+        st.markdown("### ROSE Studio")
+        for script, label, icon in PAGES:
+            st.page_link(script, label=label, icon=icon)
+        st.divider()
+    sidebar_model_picker()
+
+
+def _picked(names: list[str]) -> str:
+    choice = st.session_state.get("model_choice")
+    return choice if choice in names else names[0]
+
+
+def _on_pick() -> None:
+    st.session_state["model_choice"] = st.session_state["model_picker"]
+
+
 def sidebar_model_picker() -> str | None:
-    """The model selectbox in the sidebar (shared by all pages); returns the checkpoint name."""
+    """The model selectbox in the sidebar (the same on every page); returns the checkpoint name.
+
+    The choice lives in ``st.session_state["model_choice"]`` (a plain key, kept across pages)."""
     cards = model_cards(str(checkpoints_dir()))
     if not cards:
         st.sidebar.error(f"No model checkpoints in `{checkpoints_dir()}`.")
         return None
     names = _model_order(cards)
-    if st.session_state.get("model") not in names:
-        st.session_state["model"] = names[0]
+    choice = _picked(names)
+    st.session_state["model_choice"] = choice
 
     def fmt(name: str) -> str:
         c = cards[name]
         role = f", {c['role']}" if c.get("role") else ""
         return f"{name} ({c['kind'].upper()}, {c.get('dataset', '?')}{role})"
 
-    return st.sidebar.selectbox("Model", names, key="model", format_func=fmt,
-                                help="Generative models in the checkpoints folder (the .json card and its "
-                                     ".safetensors weights).")
+    # the widget is created anew on each page (its id depends on the page), so its default is the choice
+    st.sidebar.selectbox("Model", names, index=names.index(choice), key="model_picker", format_func=fmt,
+                         on_change=_on_pick,
+                         help="Generative models in the checkpoints folder (the .json card and its "
+                              ".safetensors weights). The choice applies to every page.")
+    return choice
 
 
 def current_model() -> tuple[str, dict] | None:
     """``(name, card)`` of the model picked in the sidebar, or None after explaining what is missing."""
     cards = model_cards(str(checkpoints_dir()))
-    name = st.session_state.get("model")
+    name = st.session_state.get("model_choice")
     if not cards:
         st.error(f"No model checkpoint found in `{checkpoints_dir()}`. The shipped checkpoints are "
                  "`checkpoints/vae-fmnist` and `checkpoints/glow-fmnist` (from `git checkout -- checkpoints`); "

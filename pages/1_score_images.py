@@ -13,7 +13,8 @@ from rose_core.imageio import InvalidImage, decode_image
 
 MAX_CARDS = 24
 
-st.title("🔍 Score images")
+ac.page_setup("Score images")
+st.title("Score images")
 picked = ac.current_model()
 if picked is None:
     st.stop()
@@ -36,10 +37,10 @@ if source == "Upload files":
         try:
             decoded = decode_image(f.getvalue(), f.name)
         except InvalidImage as exc:
-            st.error(f"**{exc.name}** was not scored: {exc.reason}", icon="🚫")
+            st.error(f"**{exc.name}** was not scored: {exc.reason}", icon=":material/block:")
             continue
         for note in decoded.notes:
-            st.warning(f"**{decoded.name}**: {note}", icon="ℹ️")
+            st.warning(f"**{decoded.name}**: {note}", icon=":material/info:")
         images.append(decoded.array)
         names.append(decoded.name)
 else:

@@ -8,7 +8,8 @@ import streamlit as st
 
 import app_common as ac
 
-st.title("📊 Likelihood vs ROSE")
+ac.page_setup("Likelihood vs ROSE")
+st.title("Likelihood vs ROSE")
 picked = ac.current_model()
 if picked is None:
     st.stop()

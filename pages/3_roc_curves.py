@@ -6,7 +6,8 @@ import streamlit as st
 
 import app_common as ac
 
-st.title("📈 ROC curves")
+ac.page_setup("ROC curves")
+st.title("ROC curves")
 picked = ac.current_model()
 if picked is None:
     st.stop()

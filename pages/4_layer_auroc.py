@@ -6,7 +6,8 @@ import streamlit as st
 
 import app_common as ac
 
-st.title("🧱 Layer-wise AUROC")
+ac.page_setup("Layer-wise AUROC")
+st.title("Layer-wise AUROC")
 picked = ac.current_model()
 if picked is None:
     st.stop()

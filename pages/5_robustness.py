@@ -8,7 +8,8 @@ import streamlit as st
 import app_common as ac
 from rose_core.errors import RoseError
 
-st.title("🌗 Robustness")
+ac.page_setup("Robustness")
+st.title("Robustness")
 picked = ac.current_model()
 if picked is None:
     st.stop()

@@ -6,7 +6,8 @@ import streamlit as st
 
 import app_common as ac
 
-st.title("⚖️ Methods")
+ac.page_setup("Methods")
+st.title("Methods")
 picked = ac.current_model()
 if picked is None:
     st.stop()

@@ -98,6 +98,20 @@ def wait_idle(page, timeout: float = 300_000) -> None:
     page.wait_for_timeout(800)
 
 
+def full_height_screenshot(page, path: Path, width: int = 1400, max_height: int = 6000) -> None:
+    """Streamlit scrolls inside its main container, so a "full page" screenshot needs a viewport
+    as tall as the content: grow it, let the layout settle, shoot, restore."""
+    height = page.evaluate("""() => Math.max(...['stMain', 'stAppViewContainer', 'stMainBlockContainer']
+        .map(id => document.querySelector(`[data-testid="${id}"]`))
+        .filter(Boolean).map(el => el.scrollHeight), document.body.scrollHeight)""")
+    old = page.viewport_size
+    page.set_viewport_size({"width": width, "height": int(min(max(height + 40, 600), max_height))})
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(path), full_page=True)
+    if old:
+        page.set_viewport_size(old)
+
+
 def sample_pngs(folder: Path) -> list[Path]:
     """A real MNIST test digit and a real Fashion-MNIST test image as PNG files in ``folder``."""
     from PIL import Image
@@ -132,7 +146,7 @@ def take(url: str, out: Path, pages: list[str], files: list[Path]) -> list[Path]
                     page.get_by_text("image(s) scored").wait_for(timeout=600_000)
                     wait_idle(page)
                 path = out / f"{name}.png"
-                page.screenshot(path=str(path), full_page=True)
+                full_height_screenshot(page, path)
                 written.append(path)
                 print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}", flush=True)
         finally:

@@ -133,6 +133,8 @@ def env(tmp_path_factory):
     torch.manual_seed(0)
     model = VAE(VAEConfig(channels=1, base_width=4, latent_dim=3)).eval()
     save_model(model, tmp / "checkpoints" / MODEL, dataset=IN_SET, epochs=3, test_bits_per_dim=4.5)
+    save_model(model, tmp / "checkpoints" / "tiny-vae-nobundle", dataset=IN_SET, epochs=1)  # no results bundle
+    (tmp / "checkpoints" / "not-a-model.json").write_text('{"scorer": "rnd"}')  # e.g. an RND card: not listed
     fit_x = to_model_input(load_dataset(IN_SET, "train", n=24, seed=5).images, channels=1)
     scorer = RoseScorer(model, fisher="ekfac").fit(fit_x)
     test_x = to_model_input(load_dataset(IN_SET, "test", n=40, seed=6).images, channels=1)
@@ -201,8 +203,8 @@ def png(array: np.ndarray, fmt: str = "PNG", **kw) -> bytes:
 
 def test_home_shows_card_datasets_and_key_figure(app_env):
     at = open_page()
-    assert at.sidebar.selectbox[0].value == MODEL
-    assert [m.value for m in at.metric][:3] == ["VAE", "Fashion-MNIST", "3"]
+    assert at.sidebar.selectbox(key="model_picker").value == MODEL
+    assert [m.value for m in at.metric][:3] == ["Fashion-MNIST", "VAE", "3"]
     nll = chart(at, "NLL (AUROC")
     rose = chart(at, "ROSE (EKFAC) (AUROC")
     assert len(nll["data"]) == 2 and nll["layout"]["xaxis"]["title"]["text"] == "NLL (nats)"
@@ -212,6 +214,21 @@ def test_home_shows_card_datasets_and_key_figure(app_env):
     datasets = at.dataframe[0].value
     assert {"fashion-mnist", "mnist"} <= set(datasets["dataset"])
     assert datasets.set_index("dataset").loc["fashion-mnist", "available here"]
+
+
+def test_model_choice_applies_to_every_page(app_env):
+    at = open_page()
+    picker = at.sidebar.selectbox(key="model_picker")
+    # the model with a bundle first; cards that are not generative models are left out
+    assert picker.options == [f"{MODEL} (VAE, fashion-mnist)", "tiny-vae-nobundle (VAE, fashion-mnist)"]
+    picker.set_value("tiny-vae-nobundle").run()
+    assert any("Model: tiny-vae-nobundle" in m.value for m in at.subheader)
+    assert any("checkpoints/tiny-vae-nobundle" in t for t in texts(at, "info"))
+    at.switch_page("pages/3_roc_curves.py").run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="model_picker").value == "tiny-vae-nobundle"
+    assert any("results/tiny-vae-nobundle/" in t for t in texts(at, "info")) and charts(at) == []
+    assert [link.proto.label for link in at.sidebar.get("page_link")][:2] == ["Home", "Score images"]
 
 
 def test_home_without_bundle_says_how_to_compute_it(app_env, tmp_path, monkeypatch):

@@ -55,9 +55,9 @@ def page(app_url):
 
 def test_home_then_upload_digit_and_garment(page, app_url, tmp_path):
     page.goto(app_url)
-    page.get_by_role("heading", name="ROSE Studio").first.wait_for()
+    page.get_by_text(f"Model: {MODEL}").wait_for()
     shots.wait_idle(page)
-    assert page.get_by_text(f"Model: {MODEL}").is_visible()
+    assert page.get_by_role("heading", name="How ROSE works").is_visible()
     page.screenshot(path=str(tmp_path / "home.png"), full_page=True)
 
     page.goto(f"{app_url}/score_images")
