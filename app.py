@@ -75,7 +75,7 @@ scores gives a p-value.
     methods = b.methods() if b.exists else []
     rose = next((m for m in ("rose-ekfac", "rose-diag") if m in methods), None)
     if not b.exists or ood is None or "nll" not in methods or rose is None:
-        ac.missing_bundle_message(name, "The key figure")
+        ac.missing_bundle_message(name, "The key figure", ac.main_preset(name))
     else:
         scores = b.table("scores")
         ind = b.in_dist()

@@ -300,17 +300,77 @@ def method_order(methods) -> list[str]:
                                                       m.startswith(k + "-")), len(order)), m))
 
 
-def missing_bundle_message(name: str, what: str = "This page") -> None:
+def main_preset(name: str) -> str:
+    """The harness preset of the methods × OOD sets table for this model: table2 (VAE) or table5 (Glow)."""
+    card = model_cards(str(checkpoints_dir())).get(name, {})
+    return "table5" if card.get("kind") == "glow" else "table2"
+
+
+def evaluate_command(name: str, preset: str | None = None) -> str:
+    cmd = EVALUATE_CMD.format(name=name)
+    return cmd + (f" --preset {preset}" if preset else "")
+
+
+def missing_bundle_message(name: str, what: str = "This page", preset: str | None = None) -> None:
+    """Say what is missing and how to compute it; with ``preset``, also offer to compute it here."""
     st.info(f"{what}: not available yet — the results bundle `results/{name}/` has not been computed "
             f"(or lacks this experiment). Compute it with\n\n"
-            f"```\n{EVALUATE_CMD.format(name=name)}\n```\n"
+            f"```\n{evaluate_command(name, preset)}\n```\n"
             "The shipped checkpoints come with their bundle committed; `git checkout -- results` restores it.")
+    if preset:
+        compute_button(name, preset)
 
 
-def require_bundle(name: str, tables: tuple[str, ...], what: str = "This page") -> Bundle | None:
+def _settings_for(name: str, preset: str):
+    """Evaluation settings: those of the bundle's manifest when there is one (so its cached units are
+    reused), else the harness's defaults for the model kind (as ``python -m rose_core evaluate``)."""
+    from dataclasses import fields
+
+    from rose_core.evaluation import EvalSettings
+
+    known = {f.name for f in fields(EvalSettings)}
+    saved = {k: v for k, v in (bundle(name).manifest.get("settings") or {}).items() if k in known}
+    if preset in ("table2", "table5"):
+        saved.pop("methods", None)  # the full comparison: every method of the model kind
+    if "n_in" not in saved and model_cards(str(checkpoints_dir())).get(name, {}).get("kind") == "glow":
+        saved["n_in"] = 1000
+    return EvalSettings(**saved)
+
+
+def compute_button(name: str, preset: str) -> None:
+    """A button that runs the harness preset here, with a progress bar, then reloads the page."""
+    try:
+        from rose_core.evaluation import PRESETS, run_preset
+    except ImportError:
+        return
+    if preset not in PRESETS:
+        return
+    if not st.button(f"Compute it here ({preset})", key=f"compute_{preset}",
+                     help=f"{PRESETS[preset]}. Runs the evaluation harness on this machine and writes "
+                          f"results/{name}/; on a CPU this can take many minutes. Keep the page open."):
+        return
+    bar = st.progress(0.0, text=f"Starting {preset} on {name}")
+
+    def progress(done: int, total: int, message: str) -> None:
+        bar.progress(min(max(done / total, 0.0), 1.0) if total else 0.0, text=f"{preset}: {message} ({done}/{total})")
+
+    try:
+        run_preset(preset, checkpoints_dir() / name, results=results_dir(), settings=_settings_for(name, preset),
+                   progress=progress, show_progress=False)
+    except (RoseError, ValueError, OSError, RuntimeError, KeyError) as exc:
+        bar.empty()
+        st.error(f"Computing {preset} failed: {exc}. Run `{evaluate_command(name, preset)}` in a terminal "
+                 "to see the full log.")
+        return
+    bar.empty()
+    st.rerun()
+
+
+def require_bundle(name: str, tables: tuple[str, ...], what: str = "This page",
+                   preset: str | None = None) -> Bundle | None:
     b = bundle(name)
     if not b.exists or not all(b.has(t) for t in tables):
-        missing_bundle_message(name, what)
+        missing_bundle_message(name, what, preset)
         return None
     return b
 

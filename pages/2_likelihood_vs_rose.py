@@ -14,7 +14,7 @@ picked = ac.current_model()
 if picked is None:
     st.stop()
 name, _ = picked
-b = ac.require_bundle(name, ("scores",), "This page")
+b = ac.require_bundle(name, ("scores",), "This page", ac.main_preset(name))
 if b is None:
     st.stop()
 
@@ -22,7 +22,8 @@ methods = b.methods()
 roses = [m for m in ("rose-ekfac", "rose-diag") if m in methods]
 ood_sets = b.ood_sets()
 if "nll" not in methods or not roses or not ood_sets:
-    ac.missing_bundle_message(name, "The NLL and ROSE histograms (they need the `nll` and ROSE methods)")
+    ac.missing_bundle_message(name, "The NLL and ROSE histograms (they need the `nll` and ROSE methods)",
+                              ac.main_preset(name))
     st.stop()
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])

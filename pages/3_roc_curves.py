@@ -12,13 +12,13 @@ picked = ac.current_model()
 if picked is None:
     st.stop()
 name, _ = picked
-b = ac.require_bundle(name, ("scores",), "This page")
+b = ac.require_bundle(name, ("scores",), "This page", ac.main_preset(name))
 if b is None:
     st.stop()
 
 ood_sets, methods = b.ood_sets(), b.methods()
 if not ood_sets or not methods:
-    ac.missing_bundle_message(name, "The ROC curves")
+    ac.missing_bundle_message(name, "The ROC curves", ac.main_preset(name))
     st.stop()
 c1, c2 = st.columns([1, 3])
 ood = c1.selectbox("OOD set", ood_sets, index=ood_sets.index("mnist") if "mnist" in ood_sets else 0,

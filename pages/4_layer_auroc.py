@@ -14,7 +14,7 @@ if picked is None:
 name, _ = picked
 b = ac.bundle(name)
 if not b.exists or not (b.has("layer_metrics") or b.has("layers")):
-    ac.missing_bundle_message(name, "The layer-wise heatmap")
+    ac.missing_bundle_message(name, "The layer-wise heatmap", "layerwise")
     st.stop()
 
 available = sorted(set(b.table("layer_metrics")["fisher"]) | set(b.table("layers")["fisher"]),

@@ -74,13 +74,13 @@ else:
                         key="rob_live_chart")
     else:
         st.info("Turn on the live computation, or compute the bundle's brightness sweep with "
-                f"`{ac.EVALUATE_CMD.format(name=name)}`.")
+                f"`{ac.evaluate_command(name, 'brightness')}`.")
 
 # --- 2. sweeps from the bundle ------------------------------------------------------------
 st.subheader("Perturbation sweeps (Table 1)")
 sweeps = [p for p in ac.PERTURBATION_LABELS if p in set(b.table("metrics")["perturbation"])] if b.exists else []
 if not sweeps:
-    ac.missing_bundle_message(name, "The sweeps")
+    ac.missing_bundle_message(name, "The sweeps", "brightness")
 else:
     s1, s2 = st.columns(2)
     pert = s1.selectbox("Perturbation of the OOD images", sweeps, format_func=lambda p: ac.PERTURBATION_LABELS[p][0],
@@ -105,7 +105,7 @@ else:
 st.subheader("AUROC vs number of Fisher samples (Figure 5)")
 fs = b.table("fisher_samples") if b.exists else None
 if fs is None or len(fs) == 0:
-    ac.missing_bundle_message(name, "Figure 5")
+    ac.missing_bundle_message(name, "Figure 5", "fisher-samples")
 else:
     sets = sorted(fs["ood_set"].unique(), key=lambda s: s != "overall")
     fs_set = st.selectbox("OOD set", sets, format_func=ac.dataset_label, key="rob_fs_set")

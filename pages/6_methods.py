@@ -12,7 +12,7 @@ picked = ac.current_model()
 if picked is None:
     st.stop()
 name, _ = picked
-b = ac.require_bundle(name, ("metrics",), "This page")
+b = ac.require_bundle(name, ("metrics",), "This page", ac.main_preset(name))
 if b is None:
     st.stop()
 
@@ -20,7 +20,7 @@ metric = st.radio("Metric", ["auroc", "auprc_in", "fpr80"], format_func=ac.METRI
                   key="methods_metric")
 table = ac.comparison_view(b, metric)
 if table.empty:
-    ac.missing_bundle_message(name, "The comparison table")
+    ac.missing_bundle_message(name, "The comparison table", ac.main_preset(name))
     st.stop()
 shown = table.rename(index=ac.method_label, columns=ac.dataset_label)
 lower_better = metric.startswith("fpr")
@@ -38,7 +38,7 @@ st.caption(f"In-distribution: {ac.dataset_label(b.in_dist())}. Green = best in e
 st.subheader("Throughput vs Overall AUROC")
 tv = ac.throughput_view(b)
 if tv.empty or tv["overall_auroc"].isna().all():
-    ac.missing_bundle_message(name, "The throughput chart (Figure 4)")
+    ac.missing_bundle_message(name, "The throughput chart (Figure 4)", "throughput")
 else:
     device = ", ".join(sorted(set(tv["device"].astype(str))))
     st.plotly_chart(ac.throughput_figure(tv, f"Images per second vs Overall AUROC (measured on {device})"),

@@ -238,6 +238,31 @@ def test_home_without_bundle_says_how_to_compute_it(app_env, tmp_path, monkeypat
     assert charts(at) == []
 
 
+def test_missing_bundle_can_be_computed_here(app_env, tmp_path, monkeypatch):
+    """The button runs the harness preset (stubbed here: the real one takes minutes) with a progress
+    callback, then the page reloads with the new bundle."""
+    import rose_core.evaluation as evaluation
+
+    calls = []
+
+    def fake_run_preset(preset, checkpoint, results=None, settings=None, progress=None, show_progress=True, **kw):
+        calls.append((preset, Path(checkpoint).name, settings, show_progress))
+        progress(1, 2, "scoring")
+        build_synthetic_bundle(Path(results), Path(checkpoint).name, n=40)
+        progress(2, 2, "done")
+
+    monkeypatch.setenv("ROSE_RESULTS", str(tmp_path / "fresh"))
+    monkeypatch.setattr(evaluation, "run_preset", fake_run_preset)
+    at = open_page()
+    assert charts(at) == []
+    at.button(key="compute_table2").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    preset, name, settings, shown = calls[0]
+    assert (preset, name, shown) == ("table2", MODEL, False)
+    assert settings.n_in == 5000 and settings.methods is None  # the harness's defaults for a VAE
+    assert len(charts(at)) == 2
+
+
 def test_no_checkpoint_is_explained(tmp_path, monkeypatch):
     monkeypatch.setenv("ROSE_CHECKPOINTS", str(tmp_path / "none"))
     monkeypatch.setenv("ROSE_RESULTS", str(tmp_path / "results"))
