@@ -43,7 +43,7 @@ METHOD_LABELS = {
     "likelihood-regret": "Likelihood Regret",
     "input-complexity-png": "Input Complexity (PNG)",
     "input-complexity-jp2": "Input Complexity (JPEG 2000)",
-    "rnd": "SVD-RND",
+    "rnd": "RND",
 }
 PERTURBATION_LABELS = {
     "brightness": ("Brightness", "brightness factor (×)"),
@@ -83,12 +83,24 @@ def env_int(name: str, default: int) -> int:
 
 
 def method_label(method: str) -> str:
-    if method in METHOD_LABELS:
-        return METHOD_LABELS[method]
-    for key, label in sorted(METHOD_LABELS.items(), key=lambda kv: -len(kv[0])):
-        if method.startswith(key + "-"):
-            return f"{label} [{method[len(key) + 1:]}]"
-    return method
+    """Readable name of a bundle method: ``rose-ekfac`` → ``ROSE (EKFAC)``; options of the harness's
+    variants are summarised, e.g. ``rnd:path=checkpoints/rnd-fmnist-dct`` → ``RND (DCT)``,
+    ``rose-ekfac:p=2`` → ``ROSE (EKFAC) [p=2]``."""
+    base, _, opts = str(method).partition(":")
+    label = METHOD_LABELS.get(base, base)
+    if not opts:
+        return label
+    extras = []
+    for item in opts.split(","):
+        key, _, value = item.partition("=")
+        if key in ("path", "background", "rnd"):
+            stem = Path(value).name.lower()
+            pert = next((p for p in PERTURBATION_LABELS if p != "brightness" and stem.endswith("-" + p)), None)
+            extras.append(PERTURBATION_LABELS[pert][0].replace(" blur", "").replace("Random pixels", "Random")
+                          if pert else stem)
+        else:
+            extras.append(item)
+    return f"{label} ({', '.join(extras)})" if all("=" not in e for e in extras) else f"{label} [{', '.join(extras)}]"
 
 
 def dataset_label(name: str) -> str:
@@ -294,10 +306,10 @@ def bundle(name: str) -> Bundle:
 
 
 def method_order(methods) -> list[str]:
-    """ROSE first, then the baselines in a fixed order, then anything else alphabetically."""
+    """ROSE first, then the baselines in a fixed order (variants after their base), then the rest."""
     order = list(METHOD_LABELS)
-    return sorted(set(methods), key=lambda m: (next((i for i, k in enumerate(order) if m == k or
-                                                      m.startswith(k + "-")), len(order)), m))
+    return sorted(set(methods), key=lambda m: (next((i for i, k in enumerate(order) if m.partition(":")[0] == k),
+                                                    len(order)), ":" in m, m))
 
 
 def main_preset(name: str) -> str:
@@ -485,6 +497,18 @@ def comparison_view(b: Bundle, metric: str = "auroc") -> pd.DataFrame:
     pivot = m.pivot_table(index="method", columns="ood_set", values=metric, aggfunc="mean")
     cols = sorted(c for c in pivot.columns if c != "overall") + (["overall"] if "overall" in pivot.columns else [])
     return pivot.reindex(index=method_order(pivot.index), columns=cols)
+
+
+def exposure_variants_view(b: Bundle) -> pd.DataFrame:
+    """Tables 10/11: AUROC of the outlier-exposure baselines (RND, Likelihood Ratio) trained with each
+    perturbation, methods × OOD sets; empty when the bundle has no perturbation-trained variant."""
+    table = comparison_view(b, "auroc")
+    if table.empty:
+        return table
+    rows = [m for m in table.index if m.partition(":")[0] in ("rnd", "likelihood-ratio")]
+    if not any(":" in m for m in rows):
+        return pd.DataFrame()
+    return table.loc[rows]
 
 
 def throughput_view(b: Bundle) -> pd.DataFrame:

@@ -101,7 +101,20 @@ else:
     st.caption("Mean and standard deviation across the settings of the sweep, as Table 1's last columns: a robust "
                "detector has a high mean and a small std. Error bars: std across repeats where there are several.")
 
-# --- 3. Figure 5 --------------------------------------------------------------------------
+# --- 3. outlier exposure trained with each perturbation ------------------------------------
+st.subheader("Outlier exposure trained with SVD / DCT / Gaussian blur / Random (Tables 10, 11)")
+variants = ac.exposure_variants_view(b) if b.exists else None
+if variants is None or variants.empty:
+    ac.missing_bundle_message(name, "The perturbation-trained baselines", "perturbations")
+else:
+    shown = variants.rename(index=ac.method_label, columns=ac.dataset_label)
+    st.dataframe(shown.style.format("{:.3f}", na_rep="—").highlight_max(axis=0, color="#c7e9c0"),
+                 key="rob_variants")
+    st.caption("AUROC of RND and the Likelihood Ratio when their perturbation is SVD blur, DCT blur, Gaussian "
+               "blur or random pixels: which perturbation works depends on the OOD set — the paper's argument "
+               "against outlier exposure. Green = best in each column. ROSE needs no perturbation.")
+
+# --- 4. Figure 5 --------------------------------------------------------------------------
 st.subheader("AUROC vs number of Fisher samples (Figure 5)")
 fs = b.table("fisher_samples") if b.exists else None
 if fs is None or len(fs) == 0:

@@ -39,7 +39,9 @@ SHIFTS = {"rose-ekfac": {"mnist": 3.0, "noise": 6.0, "letters-fonts": 2.5},
           "rose-diag": {"mnist": 2.0, "noise": 5.0, "letters-fonts": 1.5},
           "nll": {"mnist": -1.8, "noise": 8.0, "letters-fonts": 0.4},
           "likelihood-ratio": {"mnist": 1.0, "noise": -0.5, "letters-fonts": 1.2},
-          "input-complexity-png": {"mnist": 1.5, "noise": -3.0, "letters-fonts": 1.0}}
+          "input-complexity-png": {"mnist": 1.5, "noise": -3.0, "letters-fonts": 1.0},
+          "rnd": {"mnist": 0.8, "noise": 2.0, "letters-fonts": 0.3},
+          "rnd:path=checkpoints/rnd-fmnist-dct": {"mnist": 0.2, "noise": 3.0, "letters-fonts": 0.9}}
 BRIGHTNESS = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8]
 
 
@@ -109,7 +111,7 @@ def build_synthetic_bundle(root: Path, name: str, rose_in_scores: np.ndarray | N
                 layer_metrics.append({"fisher": fisher, "layer": layer, "ood_set": ood_set, "auroc": auroc(a, o)})
     res.write("layers", pd.concat(layer_rows, ignore_index=True))
     res.write("layer_metrics", pd.DataFrame(layer_metrics))
-    res.write("throughput", pd.DataFrame({"method": list(SHIFTS), "images_per_s": [110.0, 160.0, 400.0, 190.0, 350.0],
+    res.write("throughput", pd.DataFrame({"method": list(SHIFTS), "images_per_s": 100.0 + 50 * np.arange(len(SHIFTS)),
                                           "n_images": 500, "batch_size": 64, "device": "cpu"}))
     fs = [{"fisher": f, "n_fit": nf, "repeat": r, "ood_set": "overall",
            "auroc": float(np.clip(0.97 - 0.3 / math.sqrt(nf) + rng.normal(0, 0.01), 0, 1))}
@@ -352,6 +354,8 @@ def test_robustness_slider_sweeps_and_figure5(app_env):
     svd = chart(at, "AUROC vs svd blur")
     assert arr(svd["data"][0]["x"]).tolist() == [22.0, 28.0]
     assert svd["layout"]["xaxis"]["title"]["text"].startswith("K")
+    variants = at.dataframe[1].value
+    assert list(variants.index) == ["Likelihood Ratio", "RND", "RND (DCT)"] and "MNIST" in variants.columns
     fs = chart(at, "Fisher sample size")
     assert {t["name"] for t in fs["data"]} == {"EKFAC", "DIAG"}
 
