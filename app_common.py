@@ -713,8 +713,11 @@ def live_scorer(name: str, fisher: str = "ekfac"):
     fit_card = results_dir() / name / "fits" / f"rose-{fisher}.json"
     fit_stamp = fit_card.stat().st_mtime_ns if fit_card.exists() else None
     fit_n = env_int("ROSE_LIVE_FIT_N", 1000)
-    key = ("live", str(path), stamp, fisher, str(results_dir()), str(data_dir()), fit_stamp,
+    key = ("live", str(path), fisher, stamp, str(results_dir()), str(data_dir()), fit_stamp,
            _signature(results_dir() / name), fit_n)
+    store = _store()
+    for old in [k for k in store if isinstance(k, tuple) and k[:3] == key[:3] and k != key]:
+        store.pop(old, None)  # an outdated scorer of this model (new weights, fit or bundle): free its memory
     try:
         return computed(key, lambda progress: LiveScorer(path, fisher, results=results_dir(), data_root=data_dir(),
                                                          fit_n=fit_n, progress=progress),
