@@ -240,7 +240,7 @@ class LiveScorer:
 
     def _to_tensor(self, prepared: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(prepared)).permute(0, 3, 1, 2).float().div_(255.0)
-        return t.to(self.rose.device if hasattr(self, "rose") else "cpu")
+        return t.to(next(self.model.parameters()).device)
 
     def _fit(self, progress: Progress) -> RoseScorer:
         progress(0.05, f"Loading {self.fit_n} {self.dataset} training images for the ROSE fit")
