@@ -73,7 +73,7 @@ scores gives a p-value.
     b = ac.bundle(name)
     ood = "mnist" if "mnist" in b.ood_sets() else (b.ood_sets()[0] if b.ood_sets() else None)
     methods = b.methods() if b.exists else []
-    rose = next((m for m in ("rose-ekfac", "rose-diag") if m in methods), None)
+    rose = next((f"rose-{f}" for f in ac.fisher_order(name) if f"rose-{f}" in methods), None)
     if not b.exists or ood is None or "nll" not in methods or rose is None:
         ac.missing_bundle_message(name, "The key figure", ac.main_preset(name))
     else:

@@ -318,6 +318,17 @@ def main_preset(name: str) -> str:
     return "table5" if card.get("kind") == "glow" else "table2"
 
 
+def default_fisher(name: str) -> str:
+    """The paper's Fisher approximation for the model: DIAG for Glow (its InvConv layers), EKFAC for the VAE."""
+    card = model_cards(str(checkpoints_dir())).get(name, {})
+    return "diag" if card.get("kind") == "glow" else "ekfac"
+
+
+def fisher_order(name: str, available=("ekfac", "diag")) -> list[str]:
+    first = default_fisher(name)
+    return sorted(available, key=lambda f: f != first)
+
+
 def evaluate_command(name: str, preset: str | None = None) -> str:
     cmd = EVALUATE_CMD.format(name=name)
     return cmd + (f" --preset {preset}" if preset else "")

@@ -22,8 +22,9 @@ name, card = picked
 
 c1, c2 = st.columns([2, 1])
 source = c1.radio("Images from", ["Upload files", "Dataset samples"], horizontal=True, key="score_source")
-fisher = c2.radio("Fisher approximation", ["ekfac", "diag"], format_func=str.upper, horizontal=True,
-                  key="score_fisher", help="EKFAC is the paper's method; DIAG is the cheaper diagonal Fisher.")
+fisher = c2.radio("Fisher approximation", ac.fisher_order(name), format_func=str.upper, horizontal=True,
+                  key=f"score_fisher_{name}", help="EKFAC or the cheaper diagonal Fisher (DIAG); the first option "
+                                                   "is the paper's choice for this model.")
 tpr = st.slider("In-distribution true-positive rate of the threshold", 0.80, 0.99, 0.95, 0.01, format="%.2f",
                 key="score_tpr", help="The threshold keeps this fraction of in-distribution calibration images "
                                       "below it; images scoring above it are called OOD.")

@@ -19,7 +19,7 @@ if b is None:
     st.stop()
 
 methods = b.methods()
-roses = [m for m in ("rose-ekfac", "rose-diag") if m in methods]
+roses = [f"rose-{f}" for f in ac.fisher_order(name) if f"rose-{f}" in methods]
 ood_sets = b.ood_sets()
 if "nll" not in methods or not roses or not ood_sets:
     ac.missing_bundle_message(name, "The NLL and ROSE histograms (they need the `nll` and ROSE methods)",

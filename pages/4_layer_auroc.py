@@ -17,8 +17,7 @@ if not b.exists or not (b.has("layer_metrics") or b.has("layers")):
     ac.missing_bundle_message(name, "The layer-wise heatmap", "layerwise")
     st.stop()
 
-available = sorted(set(b.table("layer_metrics")["fisher"]) | set(b.table("layers")["fisher"]),
-                   key=lambda f: f != "ekfac")
+available = ac.fisher_order(name, set(b.table("layer_metrics")["fisher"]) | set(b.table("layers")["fisher"]))
 fisher = st.radio("Fisher approximation", available, format_func=str.upper, horizontal=True, key="layer_fisher")
 pivot = ac.layer_auroc_view(b, fisher)
 if pivot.empty:

@@ -47,7 +47,7 @@ else:
         values[ac.method_label(method)] = (at_point[method], "results bundle")
     perturbed = None
     if live_on:
-        live = ac.live_scorer(name, "ekfac")
+        live = ac.live_scorer(name, ac.default_fisher(name))
         if live is not None:
             key = ("brightness", name, id(live), ood, round(factor, 3), n)
             out = ac.computed(key, lambda progress: live.perturbed_auroc(ood_images, "brightness", factor, n_ref=n,
