@@ -27,9 +27,10 @@ else:
     c1, c2, c3 = st.columns([1, 2, 1])
     ood = c1.selectbox("OOD set", candidates, index=candidates.index("mnist") if "mnist" in candidates else 0,
                        format_func=ac.dataset_label, key="rob_ood")
-    factor = c2.slider("Brightness factor (×)", 0.2, 1.8, 1.0, 0.1, format="%.1f×", key="rob_brightness",
+    factor = c2.slider("Brightness factor (×)", 0.2, 1.8, 1.0, 0.2, format="%.1f×", key="rob_brightness",
                        help="Every OOD image's intensities are multiplied by this factor and clipped to 0–255; the "
-                            "in-distribution images are left as they are (the paper's Table 1).")
+                            "in-distribution images are left as they are (the paper's Table 1, steps of 0.2×).")
+    factor = round(factor, 1)
     live_on = c3.toggle("Live ROSE + likelihood", value=True, key="rob_live",
                         help="Compute ROSE and the likelihood here on a small subset of test images "
                              "(cached per setting); the bundle's values are shown beside them.")
