@@ -1,7 +1,7 @@
 """Train the SVD-RND baseline on the real Fashion-MNIST training set and write
 ``checkpoints/rnd-fmnist.safetensors`` + ``.json``.
 
-    PYTHONPATH=. python scripts/train_rnd.py --epochs 8 --max-minutes 5
+    PYTHONPATH=. python scripts/train_rnd.py --epochs 8 --max-minutes 5 --eval
 
 ``--max-minutes`` stops after the epoch that passes the budget (the card records
 the epochs reached). With ``--eval`` it also reports the AUROC of
@@ -48,7 +48,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--subset", type=int, default=None, help="train on a random subset of this many images")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-minutes", type=float, default=None)

@@ -48,7 +48,7 @@ from torch.func import functional_call, vmap
 from rose_core.models.vae import VAE
 from rose_core.scorers.base import Scorer, ScoreResult
 from rose_core.scorers.nll import (check_model, check_shape, eval_mode, frozen, iwae_from_posterior, iwae_noise,
-                                   model_device, to_numpy)
+                                   model_device, model_dtype, to_numpy)
 
 
 class _Encoder(nn.Module):
@@ -119,7 +119,7 @@ class LikelihoodRegretScorer(Scorer):
     def _score_batch(self, x: torch.Tensor) -> ScoreResult:
         check_shape(self.model, x)
         model = self.model
-        x = x.to(model_device(model))
+        x = x.to(model_device(model), model_dtype(model))
         n = x.shape[0]
         enc = _Encoder(model)
         with eval_mode(model), frozen(model):

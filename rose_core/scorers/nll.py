@@ -45,6 +45,12 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        return p.dtype
+    return torch.get_default_dtype()
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode (BatchNorm uses its running statistics, so a
@@ -136,7 +142,7 @@ def model_nll(model: GenerativeModel, x: torch.Tensor, k: int = 20, seed: int = 
     Runs in eval mode on the model's device; returns a CPU float64 tensor."""
     check_model(model, method="The NLL")
     check_shape(model, x)
-    x = x.to(model_device(model))
+    x = x.to(model_device(model), model_dtype(model))
     with eval_mode(model), torch.no_grad():
         if isinstance(model, VAE):
             out = vae_iwae_nll(model, x, k=k, seed=seed)

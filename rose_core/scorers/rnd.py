@@ -140,7 +140,7 @@ class RNDScorer(Scorer):
 
     def __init__(self, channels: int = 1, image_size: int = 32, perturbation: str = "svd",
                  strength: float | None = "default", width: int = 16, out_dim: int = 64, hidden: int = 256,
-                 epochs: int = 10, lr: float = 1e-3, train_batch_size: int = 128, seed: int = 0,
+                 epochs: int = 10, lr: float = 1e-3, train_batch_size: int = 64, seed: int = 0,
                  device: str | torch.device = "cpu", max_seconds: float | None = None,
                  progress: Callable[[int, float], None] | None = None, batch_size: int = 1024) -> None:
         if strength == "default":
@@ -279,7 +279,7 @@ class RNDScorer(Scorer):
 
 
 def train_rnd(images: torch.Tensor | Batches, *, out: str | os.PathLike | None = None, perturbation: str = "svd",
-              strength: float | None = "default", epochs: int = 10, lr: float = 1e-3, batch_size: int = 128,
+              strength: float | None = "default", epochs: int = 10, lr: float = 1e-3, batch_size: int = 64,
               seed: int = 0, device: str | torch.device = "cpu", max_seconds: float | None = None,
               progress: Callable[[int, float], None] | None = None, card: dict | None = None,
               **arch) -> RNDScorer:
