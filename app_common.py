@@ -116,6 +116,26 @@ def dataset_label(name: str) -> str:
     return card.title if card.real or "stand-in" in card.title.lower() else f"{card.title} (stand-in)"
 
 
+def dataset_short(name: str) -> str:
+    """A compact column label: the title of a real dataset (``MNIST``), else the registry name
+    (``letters-fonts``), so a stand-in never carries the name of the dataset it replaces."""
+    if name == "overall":
+        return "Overall"
+    try:
+        from rose_core.data import get_card
+
+        card = get_card(name)
+    except (RoseError, KeyError):
+        return name
+    return card.title if card.real and not card.stands_in_for and len(card.title) <= 16 else name
+
+
+def stand_in_note(names) -> str:
+    """'letters-fonts = Letters A–J from fonts (NotMNIST stand-in); …' for the stand-ins among ``names``."""
+    parts = [f"{n} = {dataset_label(n)}" for n in names if n != "overall" and dataset_short(n) == n]
+    return "; ".join(parts)
+
+
 def color_map(methods: list[str]) -> dict[str, str]:
     return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
 
@@ -547,15 +567,24 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go
 
 
 def histogram_pair(in_values: np.ndarray, ood_values: np.ndarray, in_name: str, ood_name: str, title: str,
-                   x_title: str, bins: int = 50) -> go.Figure:
-    lo = float(min(in_values.min(), ood_values.min()))
-    hi = float(max(in_values.max(), ood_values.max()))
+                   x_title: str, bins: int = 50, clip: float = 0.99) -> go.Figure:
+    """Overlaid density histograms. Long tails would squeeze the bulk into a few bins, so values beyond
+    the ``clip`` quantile of the pooled values are counted in the last bin (and the axis title says so)."""
+    pooled = np.concatenate([in_values, ood_values])
+    lo = float(pooled.min())
+    hi = float(np.quantile(pooled, clip)) if 0 < clip < 1 else float(pooled.max())
+    if hi <= lo:
+        hi = float(pooled.max())
+    clipped = bool((pooled > hi).any())
     size = (hi - lo) / bins if hi > lo else 1.0
     fig = go.Figure()
     for values, name, colour in ((in_values, in_name, IN_COLOUR), (ood_values, ood_name, OOD_COLOUR)):
-        fig.add_trace(go.Histogram(x=values, name=f"{name} (n={len(values)})", marker_color=colour, opacity=0.6,
-                                   histnorm="probability density", xbins=dict(start=lo, end=hi + size, size=size)))
+        fig.add_trace(go.Histogram(x=np.minimum(values, hi), name=f"{name} (n={len(values)})", marker_color=colour,
+                                   opacity=0.6, histnorm="probability density",
+                                   xbins=dict(start=lo, end=hi + size, size=size)))
     fig.update_layout(barmode="overlay")
+    if clipped:
+        x_title = f"{x_title}; values above {hi:.4g} in the last bin"
     return _layout(fig, title, x_title, "density")
 
 
@@ -587,7 +616,7 @@ def roc_curves(scores: pd.DataFrame, methods: list[str], ood_set: str) -> dict[s
 def heatmap_figure(pivot: pd.DataFrame, title: str) -> go.Figure:
     z = pivot.to_numpy(dtype=float)
     text = [[("" if math.isnan(v) else f"{v:.2f}") for v in row] for row in z]
-    fig = go.Figure(go.Heatmap(z=z, x=[dataset_label(c) for c in pivot.columns], y=list(pivot.index), zmin=0, zmax=1,
+    fig = go.Figure(go.Heatmap(z=z, x=[dataset_short(c) for c in pivot.columns], y=list(pivot.index), zmin=0, zmax=1,
                                colorscale="RdBu", reversescale=True, text=text, texttemplate="%{text}",
                                colorbar=dict(title="AUROC"),
                                hovertemplate="layer %{y}<br>OOD set %{x}<br>AUROC %{z:.3f}<extra></extra>"))

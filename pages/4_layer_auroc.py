@@ -28,6 +28,9 @@ st.plotly_chart(ac.heatmap_figure(pivot, f"AUROC of each layer's score s_l alone
 best = pivot.idxmax(axis=0)
 st.markdown("**Best single layer per OOD set:** " + ", ".join(
     f"{ac.dataset_label(c)}: `{best[c]}` ({pivot.loc[best[c], c]:.3f})" for c in pivot.columns if best.notna()[c]))
+note = ac.stand_in_note(pivot.columns)
+if note:
+    st.caption(f"Offline stand-ins and samples (not the paper's data): {note}.")
 st.caption("Rows are the layers ROSE scores (for the VAE, the encoder convolutions and the μ / log σ² heads; for "
            "Glow, the invertible 1×1 convolutions), input side at the top. Red = the layer alone detects the OOD "
            "set (AUROC near 1), blue = it ranks the OOD images as more typical (AUROC below 0.5). ROSE takes the "

@@ -108,7 +108,7 @@ variants = ac.exposure_variants_view(b) if b.exists else None
 if variants is None or variants.empty:
     ac.missing_bundle_message(name, "The perturbation-trained baselines", "perturbations")
 else:
-    shown = variants.rename(index=ac.method_label, columns=ac.dataset_label)
+    shown = variants.rename(index=ac.method_label, columns=ac.dataset_short)
     st.dataframe(shown.style.format("{:.3f}", na_rep="—").highlight_max(axis=0, color="#c7e9c0"),
                  key="rob_variants")
     st.caption("AUROC of RND and the Likelihood Ratio when their perturbation is SVD blur, DCT blur, Gaussian "

@@ -22,18 +22,17 @@ table = ac.comparison_view(b, metric)
 if table.empty:
     ac.missing_bundle_message(name, "The comparison table", ac.main_preset(name))
     st.stop()
-shown = table.rename(index=ac.method_label, columns=ac.dataset_label)
+shown = table.rename(index=ac.method_label, columns=ac.dataset_short)
 lower_better = metric.startswith("fpr")
 styled = shown.style.format("{:.3f}", na_rep="—").highlight_min(axis=0, color="#c7e9c0") if lower_better \
     else shown.style.format("{:.3f}", na_rep="—").highlight_max(axis=0, color="#c7e9c0")
 st.subheader(f"{ac.METRIC_LABELS[metric]} per OOD set")
 st.dataframe(styled, key="methods_table")
-standins = [c for c in table.columns if c != "overall" and "stand-in" in ac.dataset_label(c).lower()]
+note = ac.stand_in_note(table.columns)
 st.caption(f"In-distribution: {ac.dataset_label(b.in_dist())}. Green = best in each column "
-           f"({'lower' if lower_better else 'higher'} is better). "
-           + (f"Stand-in datasets (offline substitutes, not the paper's data): "
-              f"{', '.join(ac.dataset_label(c) for c in standins)}. " if standins else "")
-           + "Overall = the union of the OOD sets (section 5.1).")
+           f"({'lower' if lower_better else 'higher'} is better). Overall = up to 1000 images of each OOD set, "
+           "pooled (section 5.1). "
+           + (f"Offline stand-ins and samples (not the paper's data): {note}." if note else ""))
 
 st.subheader("Throughput vs Overall AUROC")
 tv = ac.throughput_view(b)
