@@ -140,6 +140,7 @@ class LayerwiseFisher:
         if not (damping >= 0.0) or damping != damping or damping == float("inf"):
             raise ValueError(f"damping must be a finite number >= 0, got {damping!r}.")
         self.damping = float(damping)
+        self.compact = False  # True once loaded from a scoring-only state dict
         self.max_elements = None if max_elements is None else int(max_elements)
         """Largest ``(n, C, D)`` block materialised at once; ``None``: 2^20 elements on the CPU
         (cache-sized), 2^24 on accelerators (fewer kernel launches)."""
@@ -233,6 +234,9 @@ class LayerwiseFisher:
         """
         if type(other) is not type(self):
             raise ValueError(f"Cannot merge a {other.kind} fit into a {self.kind} fit.")
+        if self.compact or other.compact:
+            raise ValueError("A compact (scoring-only) fit cannot be merged: it no longer holds the "
+                             "first-pass sums. Save fits with state_dict(compact=False) to merge them later.")
         if other.phase != self.phase:
             raise ValueError(f"Cannot merge fits in different passes ({self.phase} vs {other.phase}).")
         if not other.state:
@@ -290,13 +294,32 @@ class LayerwiseFisher:
         return self
 
     # --- serialisation -----------------------------------------------------------------
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Flat ``{key: tensor}`` (safetensors-compatible): ``_meta.*`` plus ``{layer}/{field}``."""
+    _SCORING_ONLY_DROP: tuple[str, ...] = ()
+    """Fields a finished fit does not need for scoring (dropped by ``state_dict(compact=True)``)."""
+    _BASIS_KEYS: tuple[str, ...] = ()
+    """Fields that ``state_dict(basis_dtype=...)`` may store in a lower precision."""
+
+    def state_dict(self, compact: bool = False, basis_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Flat ``{key: tensor}`` (safetensors-compatible): ``_meta.*`` plus ``{layer}/{field}``.
+
+        ``compact=True`` (finished fits only) drops what scoring does not need: for EKFAC the
+        first-pass sums ``A_sum``/``B_sum`` (a 2048×2048 float64 matrix per VAE head), so the
+        fit can no longer be merged with another one. ``basis_dtype`` stores the eigenbases in
+        that dtype; with the dtype the scorer computes in (float32 for a float32 model) the
+        reloaded fit scores exactly as the in-memory one, which casts its bases the same way.
+        """
+        if compact and not self.ready:
+            raise ValueError("Only a finished fit can be saved in compact form.")
         sd = {"_meta.kind": torch.tensor(self._KIND_ID[self.kind]),
               "_meta.phase": torch.tensor(self.phase),
-              "_meta.damping": torch.tensor(self.damping, dtype=_F64)}
+              "_meta.damping": torch.tensor(self.damping, dtype=_F64),
+              "_meta.compact": torch.tensor(int(compact or self.compact))}
         for name, st in self.state.items():
             for k, v in st.items():
+                if compact and k in self._SCORING_ONLY_DROP:
+                    continue
+                if basis_dtype is not None and k in self._BASIS_KEYS:
+                    v = v.to(basis_dtype)
                 sd[f"{name}/{k}"] = v
         return sd
 
@@ -312,6 +335,7 @@ class LayerwiseFisher:
                 raise ValueError(f"The state holds a {kind} fit, not {cls.kind}.")
             new = target(damping=float(sd["_meta.damping"]), max_elements=max_elements)
             new.phase = int(sd["_meta.phase"])
+            new.compact = bool(int(sd["_meta.compact"])) if "_meta.compact" in sd else False
         except KeyError as exc:
             raise ValueError(f"Not a Fisher state dict (missing {exc}).") from exc
         for key, v in sd.items():
@@ -319,7 +343,7 @@ class LayerwiseFisher:
                 continue
             name, field = key.rsplit("/", 1)
             new.state.setdefault(name, {})[field] = v
-        needed = new._required_keys(new.phase)
+        needed = new._required_keys(new.phase) - (set(new._SCORING_ONLY_DROP) if new.compact else set())
         for name, st in new.state.items():
             missing = needed - set(st)
             if missing:
@@ -425,6 +449,8 @@ class EkfacFisher(LayerwiseFisher):
 
     kind = "ekfac"
     passes = 2
+    _SCORING_ONLY_DROP = ("A_sum", "B_sum")
+    _BASIS_KEYS = ("U_A", "U_B")
 
     def _acc_keys(self, phase: int) -> tuple[str, ...]:
         return ("A_sum", "B_sum", "pos_count", "n_factors") if phase == 0 else ("sigma_sum", "count")

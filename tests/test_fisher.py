@@ -324,3 +324,33 @@ def test_block_size_does_not_change_results(setup, kind):
     a, b = big.precondition_norm(stats), small.precondition_norm(stats)
     for name in LAYERS:
         assert torch.allclose(a[name], b[name], rtol=1e-10), name
+
+
+def test_compact_state_drops_first_pass_sums_and_scores_the_same():
+    """A scoring-only save: no A/B sums, bases in float32, identical float32 scores, no merging."""
+    from rose_core.fisher import EkfacFisher, LayerwiseFisher
+    from rose_core.pergrad import capture_factors
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+    layers = {"0": net[0], "2": net[2]}
+    loss_fn = lambda inp: net(inp).pow(2).sum(1)  # noqa: E731
+    x = torch.randn(12, 1, 6, 6)
+    fisher = EkfacFisher()
+    for _ in range(2):
+        _, stats = capture_factors(net, x, layers, loss_fn=loss_fn)
+        fisher.update(stats)
+        fisher.end_pass()
+    _, stats = capture_factors(net, x, layers, loss_fn=loss_fn)
+    want = fisher.precondition_norm(stats)
+    sd = fisher.state_dict(compact=True, basis_dtype=torch.float32)
+    assert not any(k.endswith(("A_sum", "B_sum")) for k in sd)
+    assert sd["0/U_A"].dtype == torch.float32
+    loaded = LayerwiseFisher.from_state_dict(sd)
+    got = loaded.precondition_norm(stats)
+    for name in layers:
+        assert torch.equal(got[name], want[name])
+    with pytest.raises(ValueError, match="compact"):
+        loaded.merge(loaded.empty_like())
+    with pytest.raises(ValueError, match="finished"):
+        EkfacFisher().state_dict(compact=True)

@@ -360,7 +360,11 @@ class RoseScorer(Scorer):
             "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
             "model_fingerprint": model_fingerprint(self.model),
         }
-        save_tensors(self.fisher.state_dict(), weights_path(stem), metadata={"format": FORMAT})
+        # A finished fit is saved for scoring: compact (no first-pass sums) with the bases in the
+        # dtype the scorer computes in, which keeps the VAE's EKFAC fit at ~40 MB instead of 160 MB.
+        _, dtype = _model_device_dtype(self.model)
+        save_tensors(self.fisher.state_dict(compact=True, basis_dtype=dtype), weights_path(stem),
+                     metadata={"format": FORMAT})
         cp = card_path(stem)
         tmp = cp.with_name(cp.name + ".tmp")
         tmp.write_text(json.dumps(card, indent=2) + "\n")
