@@ -115,3 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     except RoseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _register_scale_out(sub) -> None:
+    """``fit`` and ``score`` (streaming Parquet output, torchrun-aware): see :mod:`rose_core.batch_score`."""
+    from rose_core.batch_score import register_commands
+
+    register_commands(sub)
+
+
+_EXTRA_COMMANDS.append(_register_scale_out)
