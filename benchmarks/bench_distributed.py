@@ -140,7 +140,7 @@ def main() -> None:
     same_rows = a["path"].tolist() == b["path"].tolist()
     num = [c for c in a.columns if a[c].dtype.kind == "f"]
     diff = np.nanmax(np.abs(a[num].to_numpy() - b[num].to_numpy()) / np.maximum(np.abs(a[num].to_numpy()), 1e-6))
-    print(f"check: {args.procs}-process vs 1-process fit: Fisher sums, counts and eigenvalues agree to "
+    print(f"check: {args.procs}-process vs 1-process fit: the saved counts and eigenvalues agree to "
           f"{sums_rel:.1e} (relative to each tensor's largest entry); normalisation means per layer to "
           + ", ".join(f"{v:.0e}" for v in mean_rel) + " (relative; layers with fewer Fisher images than gradient "
           "rows have a null space whose arbitrary basis makes them as sensitive to rounding as a change of batch size)")
