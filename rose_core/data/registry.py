@@ -175,7 +175,8 @@ def load_dataset(
         result = ImageSet(np.ascontiguousarray(images, dtype=np.uint8), labels, card, split)
         if cache:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
+            # a name per process: concurrent builders (e.g. torchrun ranks) never share a temp file
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
             arrays = {"images": result.images}
             if labels is not None:
                 arrays["labels"] = np.asarray(labels)
