@@ -526,7 +526,8 @@ def comparison_view(b: Bundle, metric: str = "auroc") -> pd.DataFrame:
     if len(m) == 0:
         return pd.DataFrame()
     pivot = m.pivot_table(index="method", columns="ood_set", values=metric, aggfunc="mean")
-    cols = sorted(c for c in pivot.columns if c != "overall") + (["overall"] if "overall" in pivot.columns else [])
+    # Overall first: the headline column stays visible when the table scrolls sideways
+    cols = (["overall"] if "overall" in pivot.columns else []) + sorted(c for c in pivot.columns if c != "overall")
     return pivot.reindex(index=method_order(pivot.index), columns=cols)
 
 
@@ -689,9 +690,25 @@ def throughput_figure(tv: pd.DataFrame, title: str) -> go.Figure:
                                  marker=dict(size=14, color=colours[m]),
                                  hovertemplate=f"{method_label(m)}<br>%{{x:.3g}} images/s<br>"
                                                "Overall AUROC %{y:.3f}<extra></extra>"))
-    fig.update_xaxes(type="log")
+    fig.update_xaxes(type="log", dtick=1)
     fig.update_layout(showlegend=False)
     return _layout(fig, title, "throughput (images per second, log scale)", "Overall AUROC", height=440)
+
+
+def best_styled(table: pd.DataFrame, lower_better: bool = False, digits: int = 3):
+    """A Styler of ``table`` shown as text with "—" for missing values (Streamlit would print None)
+    and the best value of each column in green."""
+    num = table.astype(float)
+    best = num.eq(num.min() if lower_better else num.max()) & num.notna()
+    text = num.map(lambda v: "—" if pd.isna(v) else f"{v:.{digits}f}")
+    return text.style.apply(lambda _: np.where(best.to_numpy(), "background-color: #c7e9c0", ""), axis=None)
+
+
+def rate_text(v: float) -> str:
+    """Images per second with sensible digits: 1414, 19.3, 0.0173."""
+    if v is None or not np.isfinite(v):
+        return "—"
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.3g}"
 
 
 def upscale(image: np.ndarray, size: int = 128) -> np.ndarray:

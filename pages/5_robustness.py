@@ -109,8 +109,7 @@ if variants is None or variants.empty:
     ac.missing_bundle_message(name, "The perturbation-trained baselines", "perturbations")
 else:
     shown = variants.rename(index=ac.method_label, columns=ac.dataset_short)
-    st.dataframe(shown.style.format("{:.3f}", na_rep="—").highlight_max(axis=0, color="#c7e9c0"),
-                 key="rob_variants")
+    st.dataframe(ac.best_styled(shown), key="rob_variants")
     st.caption("AUROC of RND and the Likelihood Ratio when their perturbation is SVD blur, DCT blur, Gaussian "
                "blur or random pixels: which perturbation works depends on the OOD set — the paper's argument "
                "against outlier exposure. Green = best in each column. ROSE needs no perturbation.")

@@ -24,10 +24,8 @@ if table.empty:
     st.stop()
 shown = table.rename(index=ac.method_label, columns=ac.dataset_short)
 lower_better = metric.startswith("fpr")
-styled = shown.style.format("{:.3f}", na_rep="—").highlight_min(axis=0, color="#c7e9c0") if lower_better \
-    else shown.style.format("{:.3f}", na_rep="—").highlight_max(axis=0, color="#c7e9c0")
 st.subheader(f"{ac.METRIC_LABELS[metric]} per OOD set")
-st.dataframe(styled, key="methods_table")
+st.dataframe(ac.best_styled(shown, lower_better), key="methods_table")
 note = ac.stand_in_note(table.columns)
 st.caption(f"In-distribution: {ac.dataset_label(b.in_dist())}. Green = best in each column "
            f"({'lower' if lower_better else 'higher'} is better). Overall = up to 1000 images of each OOD set, "
@@ -42,8 +40,14 @@ else:
     device = ", ".join(sorted(set(tv["device"].astype(str))))
     st.plotly_chart(ac.throughput_figure(tv, f"Images per second vs Overall AUROC (measured on {device})"),
                     key="methods_throughput")
-    st.dataframe(tv.assign(method=tv["method"].astype(str).map(ac.method_label)).rename(
+    st.dataframe(tv.assign(method=tv["method"].astype(str).map(ac.method_label),
+                           images_per_s=tv["images_per_s"].map(ac.rate_text)).rename(
         columns={"images_per_s": "images/s", "overall_auroc": "Overall AUROC"}), hide_index=True,
-        key="methods_throughput_table")
+        key="methods_throughput_table",
+        column_config={"Overall AUROC": st.column_config.NumberColumn(format="%.3f")})
+    missing = tv.loc[tv["overall_auroc"].isna(), "method"].astype(str).map(ac.method_label).tolist()
+    if missing:
+        st.caption(f"Not in the chart (no Overall AUROC in the bundle, e.g. scored on some OOD sets only): "
+                   f"{', '.join(missing)}.")
     st.caption("All methods timed in one run on the same images and device, so ratios are comparable; absolute "
                "numbers depend on the machine.")

@@ -356,7 +356,7 @@ def test_robustness_slider_sweeps_and_figure5(app_env):
     assert svd["layout"]["xaxis"]["title"]["text"].startswith("K")
     variants = at.dataframe[1].value
     assert list(variants.index) == ["Likelihood Ratio", "RND", "RND (DCT)"]
-    assert list(variants.columns) == ["letters-fonts", "MNIST", "noise", "Overall"]
+    assert list(variants.columns) == ["Overall", "letters-fonts", "MNIST", "noise"]
     fs = chart(at, "Fisher sample size")
     assert {t["name"] for t in fs["data"]} == {"EKFAC", "DIAG"}
 
