@@ -561,9 +561,12 @@ def throughput_view(b: Bundle) -> pd.DataFrame:
 # Charts
 # --------------------------------------------------------------------------------------------
 
-def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 380) -> go.Figure:
+def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 380, legend: str = "top") -> go.Figure:
+    """Titles and a legend above the plot (``legend="top"``) or on its right (``"right"``, for many traces)."""
+    place = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0) if legend == "top" else \
+        dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02)
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height, margin=dict(l=60, r=20, t=60, b=50),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+                      legend=place)
     return fig
 
 
@@ -599,7 +602,7 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: s
     fig.update_xaxes(range=[0, 1])
     fig.update_yaxes(range=[0, 1.01])
     return _layout(fig, title, "false-positive rate (in-distribution flagged)", "true-positive rate (OOD flagged)",
-                   height=480)
+                   height=480, legend="right")
 
 
 def roc_curves(scores: pd.DataFrame, methods: list[str], ood_set: str) -> dict[str, tuple]:
@@ -640,7 +643,7 @@ def sweep_figure(curve: pd.DataFrame, perturbation: str, title: str, mark: float
         fig.add_vline(x=mark, line_dash="dot", line_color="grey")
     fig.add_hline(y=0.5, line_dash="dot", line_color="lightgrey")
     fig.update_yaxes(range=[0, 1.02])
-    return _layout(fig, title, unit, "AUROC (OOD positive)", height=420)
+    return _layout(fig, title, unit, "AUROC (OOD positive)", height=420, legend="right" if len(methods) > 4 else "top")
 
 
 def auroc_bars(values: dict[str, tuple[float, str]], title: str) -> go.Figure:

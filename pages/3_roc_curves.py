@@ -23,7 +23,9 @@ if not ood_sets or not methods:
 c1, c2 = st.columns([1, 3])
 ood = c1.selectbox("OOD set", ood_sets, index=ood_sets.index("mnist") if "mnist" in ood_sets else 0,
                    format_func=ac.dataset_label, key="roc_ood")
-chosen = c2.multiselect("Methods", methods, default=methods, format_func=ac.method_label, key="roc_methods")
+chosen = c2.multiselect("Methods", methods, default=[m for m in methods if ":" not in m] or methods,
+                        format_func=ac.method_label, key="roc_methods",
+                        help="The harness's variants (e.g. other settings) are listed too, unselected.")
 if not chosen:
     st.info("Pick at least one method.")
     st.stop()
