@@ -98,15 +98,23 @@ def wait_idle(page, timeout: float = 300_000) -> None:
     page.wait_for_timeout(800)
 
 
-def full_height_screenshot(page, path: Path, width: int = 1400, max_height: int = 6000) -> None:
+_CONTENT_HEIGHT = """() => Math.max(...['stMain', 'stAppViewContainer', 'stMainBlockContainer']
+    .map(id => document.querySelector(`[data-testid="${id}"]`))
+    .filter(Boolean).map(el => el.scrollHeight), document.body.scrollHeight)"""
+
+
+def full_height_screenshot(page, path: Path, width: int = 1400, max_height: int = 8000) -> None:
     """Streamlit scrolls inside its main container, so a "full page" screenshot needs a viewport
-    as tall as the content: grow it, let the layout settle, shoot, restore."""
-    height = page.evaluate("""() => Math.max(...['stMain', 'stAppViewContainer', 'stMainBlockContainer']
-        .map(id => document.querySelector(`[data-testid="${id}"]`))
-        .filter(Boolean).map(el => el.scrollHeight), document.body.scrollHeight)""")
+    as tall as the content: grow it until the height is stable (charts render late), shoot, restore."""
     old = page.viewport_size
-    page.set_viewport_size({"width": width, "height": int(min(max(height + 40, 600), max_height))})
-    page.wait_for_timeout(1500)
+    height = 0
+    for _ in range(6):
+        new = int(min(max(page.evaluate(_CONTENT_HEIGHT) + 40, 600), max_height))
+        if new == height:
+            break
+        height = new
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(1500)
     page.screenshot(path=str(path), full_page=True)
     if old:
         page.set_viewport_size(old)
