@@ -117,6 +117,67 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _register_evaluation_commands(sub) -> None:
+    """``evaluate`` (rose_core.evaluation) and ``report`` (rose_core.report); the handlers import lazily."""
+
+    def _evaluate(args):
+        from rose_core.evaluation import cli_evaluate
+        return cli_evaluate(args)
+
+    def _report(args):
+        from rose_core.report import cli_report
+        return cli_report(args)
+
+    p = sub.add_parser("evaluate", help="score a checkpoint with the OOD methods and write the results bundle")
+    p.add_argument("--checkpoint", required=True, help="model checkpoint without extension, e.g. checkpoints/vae-fmnist")
+    p.add_argument("--preset", default=None,
+                   help="comma-separated: table2, table5, brightness, perturbations, capacity, fisher, glow-layers, "
+                        "throughput, fisher-samples, layerwise (default: table2 for a VAE, table5 for Glow)")
+    p.add_argument("--results", default=None, help="results root (default $ROSE_RESULTS or ./results)")
+    p.add_argument("--n-in", type=int, default=None, help="in-distribution test images (default 5000 VAE, 1000 Glow)")
+    p.add_argument("--n-ood", type=int, default=1000, help="images per OOD set")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: all for the model kind)")
+    p.add_argument("--ood-sets", default=None, help="comma-separated OOD sets (default: every available one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-fit", type=int, default=2000, help="train images for the ROSE fit")
+    p.add_argument("--cap", action="append", default=None, metavar="METHOD=N",
+                   help="images per set for a method (default likelihood-regret=300)")
+    p.add_argument("--only", action="append", default=None, metavar="METHOD=SET1,SET2",
+                   help="restrict a method to some OOD sets, e.g. likelihood-regret=mnist")
+    p.add_argument("--overall-per-set", type=int, default=1000)
+    p.add_argument("--k", type=int, default=20, help="IWAE importance samples")
+    p.add_argument("--rose", action="append", default=None, metavar="KEY=VALUE",
+                   help="RoseScorer setting for all ROSE methods (p, aggregation, normalization, damping)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--strengths", default=None, help="brightness factors (default 0.2,...,1.8)")
+    p.add_argument("--repeats", type=int, default=None, help="brightness / fisher-samples repeats")
+    p.add_argument("--n-per-set", type=int, default=None, help="brightness: images per OOD set")
+    p.add_argument("--brightness-methods", default=None, help="brightness: methods (default rose-ekfac, "
+                   "likelihood-ratio, rnd, nll where available)")
+    p.add_argument("--brightness-sets", default=None, help="brightness: OOD sets (default CelebA/SVHN/Omniglot "
+                   "or their stand-ins, and MNIST)")
+    p.add_argument("--sizes", default=None, help="fisher-samples: numbers of Fisher samples (default 10,...,10000)")
+    p.add_argument("--fisher", default="ekfac", help="fisher-samples: diag or ekfac")
+    p.add_argument("--n-norm", type=int, default=500, help="fisher-samples: normalisation images")
+    p.add_argument("--n-eval-in", type=int, default=1000, help="fisher-samples: in-distribution evaluation images")
+    p.add_argument("--n-eval-per-set", type=int, default=100, help="fisher-samples: evaluation images per OOD set")
+    p.add_argument("--throughput-n", type=int, default=32, help="throughput: images (the same for every method)")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="throughput: time each method at least this long")
+    p.add_argument("--train-missing", action="store_true", help="perturbations: train the missing RNDs (small)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("report", help="write docs/results.md from the results bundles")
+    p.add_argument("--results", default=None, help="results root (default $ROSE_RESULTS or ./results)")
+    p.add_argument("--out", default="docs/results.md")
+    p.add_argument("--checkpoints", default="checkpoints", help="folder of the model checkpoints")
+    p.set_defaults(func=_report)
+
+
+_EXTRA_COMMANDS.append(_register_evaluation_commands)
+
+
 def _register_scale_out(sub) -> None:
     """``fit`` and ``score`` (streaming Parquet output, torchrun-aware): see :mod:`rose_core.batch_score`."""
     from rose_core.batch_score import register_commands
