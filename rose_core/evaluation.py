@@ -944,6 +944,8 @@ class Evaluation:
             if key is None:
                 disk[section] = value
             else:
+                if isinstance(disk.get(section), list):  # an older list-valued section
+                    disk[section] = {str(v): None for v in disk[section]}
                 if not isinstance(disk.get(section), dict):
                     disk[section] = {}
                 disk[section][key] = value
@@ -1220,6 +1222,10 @@ class Evaluation:
         from rose_core.checkpoint import card_path
 
         t0 = time.perf_counter()
+        if self.kind != "vae":
+            info = {"status": "Table 3 varies the VAE's width; not defined for a " + self.kind}
+            self.record_experiment("capacity", info)
+            return info
         found, missing = {}, {}
         for c in capacities:
             if c == 1.0:

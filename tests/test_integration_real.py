@@ -28,7 +28,14 @@ VAE = ROOT / "checkpoints" / "vae-fmnist"
 GLOW = ROOT / "checkpoints" / "glow-fmnist"
 BUNDLE = ROOT / "results" / "vae-fmnist"
 ROSE_TARGET = 0.99
-"""The ROSE-EKFAC AUROC on MNIST the committed bundle must reach (paper: 0.995)."""
+"""The best ROSE-EKFAC variant of the committed bundle on MNIST (paper: 0.995). With the shipped
+31-epoch VAE (the paper's: 100 epochs) and 1000 Fashion-MNIST vs 300 MNIST test images: 0.978
+with the default fit (2000 train images, half Fisher / half separate normalisation), 0.989-0.990
+with 10000-30000 fit images, **0.993** with 10000 fit images used for both the Fisher and the
+normalisation (``rose-ekfac:n_fit=10000,normalization=same``, the authors' code). See
+docs/results.md."""
+DEFAULT_MIN = 0.97
+"""The default ROSE-EKFAC (``rose-ekfac``) in the bundle: 0.978."""
 
 pytestmark = pytest.mark.skipif(
     not (VAE.with_suffix(".json").exists() and is_available("fashion-mnist") and is_available("mnist")),
@@ -62,9 +69,10 @@ def test_glow_nll_fails_on_mnist(pair300):
     from rose_core.scorers.nll import NLLScorer
 
     model, _ = load_model(GLOW)
-    s = NLLScorer(model)
-    a = auroc(s.score(pair300[0]).score, s.score(pair300[1]).score)
-    assert a < 0.5, a
+    s = NLLScorer(model, batch_size=64)
+    fm, mn = pair300[0][:200], pair300[1][:200]
+    a = auroc(s.score(fm).score, s.score(mn).score)
+    assert a < 0.5, a  # 200 vs 200 images: about 0.3 (the bundle: 0.293 on 500 vs 200)
 
 
 def test_rose_ekfac_separates_mnist(pair300):
@@ -105,6 +113,7 @@ def test_committed_bundle_shows_the_claim():
     rose = m[m["method"].str.startswith("rose-ekfac")]
     best = rose.loc[rose["auroc"].idxmax()]
     assert best["auroc"] >= ROSE_TARGET, (best["method"], best["auroc"])
+    assert float(m.loc[m["method"] == "rose-ekfac", "auroc"].iloc[0]) >= DEFAULT_MIN
     # and the bundle's metrics are those of its scores
     s = pd.read_parquet(BUNDLE / "scores.parquet")
     s = s[(s["method"] == "nll") & (s["perturbation"] == "none")]
