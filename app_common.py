@@ -235,6 +235,17 @@ def sidebar_model_picker() -> str | None:
     return choice
 
 
+def open_page(title: str) -> tuple[str, dict]:
+    """The opening of every sub-page: page setup, title and the picked model's ``(name, card)``;
+    stops the page (after :func:`current_model` explained why) when no model can be picked."""
+    page_setup(title)
+    st.title(title)
+    picked = current_model()
+    if picked is None:
+        st.stop()
+    return picked
+
+
 def current_model() -> tuple[str, dict] | None:
     """``(name, card)`` of the model picked in the sidebar, or None after explaining what is missing."""
     cards = model_cards(str(checkpoints_dir()))

@@ -13,12 +13,7 @@ from rose_core.imageio import InvalidImage, decode_image
 
 MAX_CARDS = 24
 
-ac.page_setup("Score images")
-st.title("Score images")
-picked = ac.current_model()
-if picked is None:
-    st.stop()
-name, card = picked
+name, card = ac.open_page("Score images")
 
 c1, c2 = st.columns([2, 1])
 source = c1.radio("Images from", ["Upload files", "Dataset samples"], horizontal=True, key="score_source")

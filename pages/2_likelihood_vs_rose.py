@@ -8,12 +8,7 @@ import streamlit as st
 
 import app_common as ac
 
-ac.page_setup("Likelihood vs ROSE")
-st.title("Likelihood vs ROSE")
-picked = ac.current_model()
-if picked is None:
-    st.stop()
-name, _ = picked
+name, _ = ac.open_page("Likelihood vs ROSE")
 b = ac.require_bundle(name, ("scores",), "This page", ac.main_preset(name))
 if b is None:
     st.stop()

@@ -6,12 +6,7 @@ import streamlit as st
 
 import app_common as ac
 
-ac.page_setup("Layer-wise AUROC")
-st.title("Layer-wise AUROC")
-picked = ac.current_model()
-if picked is None:
-    st.stop()
-name, _ = picked
+name, _ = ac.open_page("Layer-wise AUROC")
 b = ac.bundle(name)
 if not b.exists or not (b.has("layer_metrics") or b.has("layers")):
     ac.missing_bundle_message(name, "The layer-wise heatmap", "layerwise")

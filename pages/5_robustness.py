@@ -8,12 +8,7 @@ import streamlit as st
 import app_common as ac
 from rose_core.errors import RoseError
 
-ac.page_setup("Robustness")
-st.title("Robustness")
-picked = ac.current_model()
-if picked is None:
-    st.stop()
-name, card = picked
+name, card = ac.open_page("Robustness")
 b = ac.bundle(name)
 
 # --- 1. brightness, live ------------------------------------------------------------------

@@ -6,12 +6,7 @@ import streamlit as st
 
 import app_common as ac
 
-ac.page_setup("Methods")
-st.title("Methods")
-picked = ac.current_model()
-if picked is None:
-    st.stop()
-name, _ = picked
+name, _ = ac.open_page("Methods")
 b = ac.require_bundle(name, ("metrics",), "This page", ac.main_preset(name))
 if b is None:
     st.stop()
