@@ -1060,6 +1060,9 @@ class Evaluation:
 
     def record_experiment(self, name: str, info: dict) -> None:
         """Record that an experiment ran (or why it could not) in ``manifest["experiments"]``."""
+        prev = self._manifest.get("experiments", {}).get(name, {})
+        if "wall_s" in info:  # the longest run is the one that computed (re-runs hit the cache)
+            info = {**info, "longest_wall_s": max(info["wall_s"], prev.get("longest_wall_s", prev.get("wall_s", 0)))}
         self._set("experiments", name, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                         "settings": {k: v for k, v in self.settings.to_dict().items()
                                                      if k in ("n_in", "n_ood", "seed", "n_fit", "k", "caps",
