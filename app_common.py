@@ -103,15 +103,22 @@ def method_label(method: str) -> str:
     return f"{label} ({', '.join(extras)})" if all("=" not in e for e in extras) else f"{label} [{', '.join(extras)}]"
 
 
+def _card_or_none(name: str):
+    """The registry card of ``name``, or None for names the registry does not know."""
+    from rose_core.data import get_card
+
+    try:
+        return get_card(name)
+    except (RoseError, KeyError):
+        return None
+
+
 def dataset_label(name: str) -> str:
     """``mnist`` → ``MNIST``; stand-ins say so; ``overall`` → ``Overall``."""
     if name == "overall":
         return "Overall"
-    try:
-        from rose_core.data import get_card
-
-        card = get_card(name)
-    except (RoseError, KeyError):
+    card = _card_or_none(name)
+    if card is None:
         return name
     return card.title if card.real or "stand-in" in card.title.lower() else f"{card.title} (stand-in)"
 
@@ -121,11 +128,8 @@ def dataset_short(name: str) -> str:
     (``letters-fonts``), so a stand-in never carries the name of the dataset it replaces."""
     if name == "overall":
         return "Overall"
-    try:
-        from rose_core.data import get_card
-
-        card = get_card(name)
-    except (RoseError, KeyError):
+    card = _card_or_none(name)
+    if card is None:
         return name
     return card.title if card.real and not card.stands_in_for and len(card.title) <= 16 else name
 
