@@ -13,13 +13,18 @@ less attack surface.
 
 Decisions, each reported in ``notes`` when it applies:
 
-* **Empty file**, **truncated file**, **not an image** (text, HTML, a zip …):
-  rejected with a message saying which.
+* **Empty file**, **truncated file**, **not an image**: rejected with a
+  message saying which, and naming what the file is when its first bytes tell
+  (a PDF, a gzip/ZIP/7-Zip archive, an SVG drawing, an HTML page, text),
+  whatever its name says.
 * **Decompression bombs**: an image with more than :data:`MAX_PIXELS` pixels
   (width × height read from the header, before any pixel is decoded) or a file
-  larger than :data:`MAX_BYTES` is rejected; Pillow's own
-  ``DecompressionBombError``/``Warning`` are caught and turned into the same
-  message.
+  larger than :data:`MAX_BYTES` is rejected. Pillow's own guard
+  (``DecompressionBombError``/``Warning``, which fires in ``Image.open`` for
+  headers above ~89 megapixels) is turned into the same message, which quotes
+  only :data:`MAX_PIXELS`.
+* **Floating-point images with NaN or ±Inf**: those pixels become black and a
+  note counts them; an image with no finite pixel at all is rejected.
 * **Animated GIF / WebP, multi-page TIFF**: the *first frame* is scored and a
   note says how many frames the file has (a detector scores images, not
   videos; rejecting would throw away a perfectly good first frame).
@@ -48,6 +53,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +127,28 @@ def _magic_format(data: bytes) -> str | None:
     return None
 
 
+_NOT_IMAGES = ((b"%PDF-", "a PDF document"), (b"\x1f\x8b", "a gzip-compressed file"),
+               (b"PK\x03\x04", "a ZIP archive (or an Office document)"), (b"PK\x05\x06", "an empty ZIP archive"),
+               (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"), (b"BZh", "a bzip2-compressed file"),
+               (b"\xfd7zXZ\x00", "an xz-compressed file"), (b"Rar!", "a RAR archive"))
+"""File signatures of common non-image files, named in the refusal (the file name may say .png)."""
+
+
+def _describe_non_image(data: bytes) -> str | None:
+    """What a non-image file is (PDF, archive, SVG, HTML, text), or None when it is not recognised."""
+    for sig, what in _NOT_IMAGES:
+        if data.startswith(sig):
+            return what
+    if not _looks_like_text(data):
+        return None
+    head = data[:1024].decode("utf-8", "replace").lstrip("\ufeff \t\r\n").lower()
+    if "<svg" in head:
+        return "an SVG drawing (vector graphics; export it as PNG to score it)"
+    if head.startswith(("<!doctype html", "<html")) or "<html" in head[:200]:
+        return "an HTML page"
+    return "a text file"
+
+
 def _looks_like_text(data: bytes) -> bool:
     head = data[:512]
     if not head:
@@ -133,7 +161,7 @@ def _looks_like_text(data: bytes) -> bool:
     return printable / len(head) > 0.95
 
 
-def _to_uint8_high_depth(img: Image.Image, notes: list[str]) -> Image.Image:
+def _to_uint8_high_depth(img: Image.Image, notes: list[str], name: str) -> Image.Image:
     """16-bit or 32-bit integer / float single-channel images → 8-bit ``L``."""
     mode = img.mode
     arr = np.asarray(img)
@@ -141,9 +169,12 @@ def _to_uint8_high_depth(img: Image.Image, notes: list[str]) -> Image.Image:
         a = arr.astype(np.float64)
         finite = np.isfinite(a)
         if not finite.any():
-            raise ValueError("the floating-point image holds no finite values")
-        a = np.where(finite, a, 0.0)
-        lo, hi = float(a.min()), float(a.max())
+            raise InvalidImage(name, "every pixel of this floating-point image is NaN or infinite, so there is "
+                                     "nothing to score.")
+        lo, hi = float(a[finite].min()), float(a[finite].max())
+        if not finite.all():
+            notes.append(f"{int((~finite).sum())} of {a.size} pixels are NaN or infinite: set to black.")
+            a = np.where(finite, a, lo)
         if lo >= 0.0 and hi <= 1.0:
             out = np.round(a * 255.0)
             notes.append("32-bit float image with values in [0, 1]: scaled by 255 to 8 bits.")
@@ -170,7 +201,7 @@ def _composite_on_black(img: Image.Image, notes: list[str]) -> Image.Image:
     transparent = float((alpha < 1.0).mean())
     rgb = np.round(rgba[..., :3] * alpha).astype(np.uint8)
     if transparent > 0:
-        notes.append(f"transparency ({transparent:.0%} of the pixels not fully opaque) composited on black, "
+        notes.append(f"transparency ({transparent:.1%} of the pixels not fully opaque) composited on black, "
                      "the background of the training images.")
     return Image.fromarray(rgb, "RGB")
 
@@ -179,10 +210,10 @@ def _is_grey(rgb: np.ndarray) -> bool:
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
-def _frame_to_array(img: Image.Image, notes: list[str]) -> np.ndarray:
+def _frame_to_array(img: Image.Image, notes: list[str], name: str) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        img = _to_uint8_high_depth(img, notes)
+        img = _to_uint8_high_depth(img, notes, name)
         mode = "L"
     if mode == "P":
         has_alpha = "transparency" in img.info or img.palette is not None and img.palette.mode == "RGBA"
@@ -238,8 +269,9 @@ def decode_image(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIXE
                 if magic is not None:
                     raise InvalidImage(name, f"the file starts like a {magic} image but is truncated or damaged "
                                              "(its header cannot be read).") from None
-                if _looks_like_text(data):
-                    raise InvalidImage(name, "this is a text file, not an image.") from None
+                what = _describe_non_image(data)
+                if what is not None:
+                    raise InvalidImage(name, f"this is {what}, not an image.") from None
                 raise InvalidImage(name, "not a recognised image (expected PNG, JPEG, BMP, GIF, TIFF or "
                                          "WebP); the file may be damaged or of another type.") from None
             fmt = img.format or "unknown"
@@ -269,12 +301,16 @@ def decode_image(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIXE
             if orientation != 1:
                 img = ImageOps.exif_transpose(img)
                 notes.append(f"EXIF orientation {orientation} applied (the image is scored as it is displayed).")
-            array = _frame_to_array(img, notes)
+            array = _frame_to_array(img, notes, name)
     except InvalidImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImage(name, f"more than the {max_pixels / 1e6:.0f}-megapixel limit (possible decompression "
-                                 f"bomb); it was not decoded ({exc}).") from None
+        # Pillow's own guard (89 / 179 megapixels) fired in Image.open before our check could; quote only our
+        # limit, and the size from Pillow's message when it has one.
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(m[1]) / 1e6:,.0f} megapixels" if m else "the image"
+        raise InvalidImage(name, f"{size} is more than the {max_pixels / 1e6:.0f}-megapixel limit (possible "
+                                 "decompression bomb); it was not decoded.") from None
     except (OSError, SyntaxError, EOFError, ValueError, IndexError, TypeError, KeyError) as exc:
         msg = str(exc)
         if "truncated" in msg.lower() or isinstance(exc, EOFError) or "broken" in msg.lower():
