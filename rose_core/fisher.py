@@ -67,26 +67,21 @@ from typing import Iterator, Mapping
 import torch
 
 from rose_core.errors import CheckpointError
-from rose_core.pergrad import DEFAULT_CHUNK_ELEMENTS, LayerFactors
+from rose_core.pergrad import DEFAULT_CHUNK_ELEMENTS, LayerFactors, row_chunks
 
-__all__ = ["LayerwiseFisher", "DiagFisher", "EkfacFisher", "make_fisher", "fisher_from_state_dict",
+__all__ = ["LayerwiseFisher", "DiagFisher", "EkfacFisher", "make_fisher",
            "save_fisher", "load_fisher", "FISHER_KINDS"]
 
 Stat = LayerFactors | torch.Tensor
 """A layer's statistics for a batch: its :class:`LayerFactors`, or dense per-sample gradients ``(N, C, D)``."""
 
 _F64 = torch.float64
+_EPS32 = float(torch.finfo(torch.float32).eps)
 
 
 CPU_CHUNK_ELEMENTS = 1 << 20
 """Default block size (elements of ``(n, C, D)``) on the CPU: 4 MiB in float32 stays in cache, which
 made the square-and-sum after the batched product about 1.7× faster than whole-batch blocks here."""
-
-
-def _rows(n: int, c: int, d: int, max_elements: int) -> Iterator[slice]:
-    step = max(1, max_elements // max(1, c * d))
-    for i in range(0, n, step):
-        yield slice(i, min(i + step, n))
 
 
 def _rank_one(stat: Stat) -> bool:
@@ -112,7 +107,7 @@ def _dense_blocks(stat: Stat, max_elements: int) -> Iterator[tuple[torch.Tensor,
         if stat.ndim != 3:
             raise ValueError(f"Dense per-sample gradients must have shape (N, C, D), got {tuple(stat.shape)}.")
         n, c, d = stat.shape
-        for rows in _rows(n, c, d, max_elements):
+        for rows in row_chunks(n, c, d, max_elements):
             yield stat[rows], False
 
 
@@ -284,6 +279,34 @@ class LayerwiseFisher:
         self._call = {}
         return out
 
+    def conditioning(self) -> dict[str, dict]:
+        """Per layer, the numbers that say whether its fit is well posed (see :meth:`rank_problems`).
+
+        Keys: ``images`` (samples in the fit), ``positions`` (per image), ``dims`` (``{factor: dimension}``),
+        ``ranks`` (``{factor: numerical rank}``; rank = eigenvalues (EKFAC) or diagonal entries (DIAG)
+        above ``dim · ε₃₂ · max`` — the float32 noise floor of the statistics, as numpy's
+        ``matrix_rank`` counts), ``min_images`` (the fewest images that can make every factor full
+        rank: ``ceil(dim / positions)``).
+        """
+        raise NotImplementedError
+
+    def rank_problems(self) -> list[str]:
+        """One sentence per layer whose statistics are rank-deficient (empty when all are full rank).
+
+        A rank-deficient factor has directions with (numerically) zero variance; relative damping
+        then gives them a weight of ~1/λ, so the layer score measures the distance from the span
+        of the fit images instead of ``gᵀF⁻¹g``. The remedy is more fit images.
+        """
+        out = []
+        for name, c in self.conditioning().items():
+            for factor, dim in c["dims"].items():
+                rank = c["ranks"][factor]
+                if rank < dim:
+                    out.append(f"Layer {name!r}: its {factor} (dimension {dim}) has numerical rank {rank} from "
+                               f"{c['images']} image(s) × {c['positions']} position(s); fit on at least "
+                               f"{c['min_images']} images (the defaults use 4× that).")
+        return out
+
     def to(self, device: str | torch.device) -> "LayerwiseFisher":
         """Move every statistic to ``device`` (in place; returns ``self``)."""
         for st in self.state.values():
@@ -414,14 +437,25 @@ class DiagFisher(LayerwiseFisher):
             st["count"] = torch.zeros((), dtype=_F64, device=dev)
         if _rank_one(stat):
             dl, hl = stat.delta[:, :, 0], stat.h[:, :, 0]
-            st["sq_sum"] += ((dl * dl).T @ (hl * hl)).to(_F64)
+            dl, hl = dl.to(_F64), hl.to(_F64)
+            st["sq_sum"] += (dl * dl).T @ (hl * hl)
             st["count"] += stat.n
             return
         n = 0
-        for g, fresh in _dense_blocks(stat, self._block_elements(_device_dtype(stat)[1])):
-            st["sq_sum"] += _squared(g, fresh).sum(0).to(_F64)
+        for g, _ in _dense_blocks(stat, self._block_elements(_device_dtype(stat)[1])):
+            st["sq_sum"] += g.to(_F64).square_().sum(0)
             n += g.shape[0]
         st["count"] += n
+
+    def conditioning(self) -> dict[str, dict]:
+        out = {}
+        for name, st in self.state.items():
+            f = st["sq_sum"].flatten()
+            dim = f.numel()
+            rank = int((f > f.max() * dim * _EPS32).sum()) if float(f.max()) > 0 else 0
+            out[name] = {"images": int(st["count"]), "positions": 1, "dims": {"diagonal": dim},
+                         "ranks": {"diagonal": rank}, "min_images": 1}
+        return out
 
     def fisher(self, name: str) -> torch.Tensor:
         """``F = E[g²]`` ``(C, D)`` of a layer (float64)."""
@@ -481,12 +515,24 @@ class EkfacFisher(LayerwiseFisher):
             st["pos_count"] = torch.zeros((), dtype=_F64, device=dev)
             st["n_factors"] = torch.zeros((), dtype=_F64, device=dev)
         n, _, t = h.shape
-        hm = h[:, :, 0] if t == 1 else h.transpose(0, 1).reshape(d, n * t).T
-        dm = dl[:, :, 0] if t == 1 else dl.transpose(0, 1).reshape(c, n * t).T
-        st["A_sum"] += (hm.T @ hm).to(_F64)
-        st["B_sum"] += (dm.T @ dm).to(_F64)
+        st["A_sum"] += self._input_gram(stat)
+        dm = (dl[:, :, 0] if t == 1 else dl.transpose(0, 1).reshape(c, n * t).T).to(_F64)
+        st["B_sum"] += dm.T @ dm
         st["pos_count"] += n * t
         st["n_factors"] += n
+
+    def _input_gram(self, f: LayerFactors) -> torch.Tensor:
+        """``Σ_{i,t} h hᵀ`` of a batch in float64 (exact to float64 rounding whatever the batch
+        grouping); layers reading the same input tensor (the VAE's heads) share one product."""
+        raw = f.raw_input
+        key = ("gram", raw.data_ptr(), tuple(raw.shape), tuple(raw.stride()), raw.dtype, f.shape, f.positions)
+        gram = self._call.get(key)
+        if gram is None:
+            n, d, t = f.h.shape
+            hm = (f.h[:, :, 0] if t == 1 else f.h.transpose(0, 1).reshape(d, n * t).T).to(_F64)
+            gram = hm.T @ hm
+            self._call[key] = gram
+        return gram
 
     def end_pass(self) -> None:
         self._eigh_cache: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = []
@@ -580,14 +626,33 @@ class EkfacFisher(LayerwiseFisher):
     def _update_sigma(self, name: str, st: dict, stat: Stat) -> None:
         mode, x, y = self._rotated(name, st, stat)
         if mode == "rank1":
-            st["sigma_sum"] += ((y * y).T @ (x * x)).to(_F64)
+            x, y = x.to(_F64), y.to(_F64)
+            st["sigma_sum"] += (y * y).T @ (x * x)
             st["count"] += x.shape[0]
             return
         n = 0
-        for g, fresh in x:
-            st["sigma_sum"] += _squared(g, fresh).sum(0).to(_F64)
+        for g, _ in x:
+            st["sigma_sum"] += g.to(_F64).square_().sum(0)
             n += g.shape[0]
         st["count"] += n
+
+    def conditioning(self) -> dict[str, dict]:
+        if self.phase < 1:
+            raise RuntimeError("The eigenbases are computed when the first pass ends; call end_pass() first.")
+        out = {}
+        for name, st in self.state.items():
+            c, d = self._shape(st)
+            images = int(st["n_factors"])
+            positions = int(round(float(st["pos_count"]) / images))
+            ranks = {}
+            for factor, key, dim in (("input factor A", "eig_A", d), ("output factor B", "eig_B", c)):
+                ev = st[key]
+                top = float(ev.max())
+                ranks[factor] = int((ev > top * dim * _EPS32).sum()) if top > 0 else 0
+            out[name] = {"images": images, "positions": positions,
+                         "dims": {"input factor A": d, "output factor B": c}, "ranks": ranks,
+                         "min_images": -(-max(c, d) // max(1, positions))}
+        return out
 
     def sigma(self, name: str) -> torch.Tensor:
         """``Σ = E[G̃²]`` ``(C, D)`` of a layer (float64)."""
@@ -611,10 +676,6 @@ def make_fisher(kind: str, damping: float = 1e-8, **kwargs) -> LayerwiseFisher:
     if kind not in FISHER_KINDS:
         raise ValueError(f"Unknown Fisher approximation {kind!r}; expected one of {sorted(FISHER_KINDS)}.")
     return FISHER_KINDS[kind](damping=damping, **kwargs)
-
-
-def fisher_from_state_dict(sd: Mapping[str, torch.Tensor]) -> LayerwiseFisher:
-    return LayerwiseFisher.from_state_dict(sd)
 
 
 def save_fisher(fisher: LayerwiseFisher, path: str | os.PathLike) -> None:

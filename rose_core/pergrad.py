@@ -62,10 +62,17 @@ from torch import nn
 from rose_core.models.glow import InvConv1x1
 
 __all__ = ["LayerFactors", "UnsupportedLayer", "capture_factors", "per_sample_grads", "grad_shape",
-           "check_supported", "resolve_layers", "DEFAULT_CHUNK_ELEMENTS"]
+           "check_supported", "resolve_layers", "row_chunks", "DEFAULT_CHUNK_ELEMENTS"]
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
 """Largest number of elements of a materialised ``(n, C, D)`` gradient block (64 MiB in float32)."""
+
+
+def row_chunks(n: int, c: int, d: int, max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> Iterator[slice]:
+    """Row slices of ``n`` samples so that one ``(rows, C, D)`` block has at most ``max_elements`` elements."""
+    step = max(1, max_elements // max(1, c * d))
+    for i in range(0, n, step):
+        yield slice(i, min(i + step, n))
 
 
 class UnsupportedLayer(ValueError):
@@ -237,10 +244,7 @@ class LayerFactors:
 
     def chunks(self, max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> Iterator[slice]:
         """Row slices so that one ``(n, C, D)`` block has at most ``max_elements`` elements."""
-        c, d = self.shape
-        step = max(1, max_elements // max(1, c * d))
-        for i in range(0, self.n, step):
-            yield slice(i, min(i + step, self.n))
+        return row_chunks(self.n, *self.shape, max_elements)
 
     def grads_chunk(self, rows: slice) -> torch.Tensor:
         """Per-sample gradients ``(n, C, D)`` of the samples in ``rows`` (unfold + bmm)."""
