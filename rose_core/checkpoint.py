@@ -2,13 +2,22 @@
 
 A checkpoint ``name`` is two files in a folder: ``name.safetensors`` (tensors)
 and ``name.json`` (the card: model kind, config, dataset, epochs, test
-bits/dim, training time, library version). Training state for resuming
-(optimizer moments, epoch) is kept in ``name.train.safetensors`` /
-``name.train.json`` the same way.
+bits/dim, training time, library version, and ``weights_sha256``, the SHA-256 of
+the weights file). Training state for resuming (optimizer moments, epoch) is kept
+in ``name.train.safetensors`` / ``name.train.json`` the same way.
+
+Integrity: loading verifies the weights file against the card's
+``weights_sha256`` and raises :class:`CheckpointError` naming the file when they
+differ, so bytes garbled inside a tensor (which safetensors itself cannot
+notice) never load silently. Cards written before the field existed load
+without the check; :func:`record_weights_hash` adds it to such a card.
+Weights files are written with the ordinary file mode (``0666`` less the
+umask, like the JSON cards), not safetensors' private ``0600``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,7 +25,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes, save as save_bytes
 
 from rose_core import __version__
 from rose_core.errors import CheckpointError
@@ -46,20 +55,78 @@ def _atomic_write_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+WEIGHTS_HASH_FIELD = "weights_sha256"
+"""The card field holding the hex SHA-256 of the weights file (model checkpoints and ROSE fits)."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> str:
+    """Write ``tensors`` to ``path`` in safetensors format, atomically; returns the file's hex SHA-256.
+
+    Record the digest in the file's card (field :data:`WEIGHTS_HASH_FIELD`) and pass it back
+    to :func:`load_tensors` to have a corrupted file rejected. The file gets the ordinary mode
+    (``0666`` less the umask): the bytes are serialised in memory and written with ``open``,
+    because safetensors' own ``save_file`` creates files readable by the owner only.
+    """
+    path = Path(path)
+    data = save_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: concurrent writers never share it
+    with open(tmp, "wb") as f:
+        f.write(data)
     tmp.replace(path)
+    return hashlib.sha256(data).hexdigest()
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; with ``sha256`` (hex), first check the file has exactly that digest.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, unreadable, truncated,
+    not safetensors, or (with ``sha256``) has other bytes than the card recorded.
+    """
+    path = Path(path)
     if not path.exists():
         raise CheckpointError(f"Checkpoint file {path} does not exist.")
     try:
-        return load_file(str(path))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"Checkpoint file {path} cannot be read ({exc}).") from exc
+    try:  # structure first: a truncated or non-safetensors file gets the more telling message
+        tensors = load_bytes(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"Checkpoint file {path} is corrupted or truncated ({exc}). "
                               "Re-download it or retrain the model.") from exc
+    if sha256 is not None:
+        found = hashlib.sha256(data).hexdigest()
+        if found != str(sha256).lower():
+            raise CheckpointError(
+                f"Checkpoint file {path} is corrupted: its SHA-256 is {found}, its card records {sha256}. "
+                "The file was damaged or replaced after it was written; re-download it, or retrain/refit it.")
+    return tensors
+
+
+def record_weights_hash(path: str | os.PathLike) -> str:
+    """Write the SHA-256 of ``path``'s weights file into its card (field ``weights_sha256``).
+
+    For cards written before the field existed (the shipped checkpoints were sealed this
+    way, without retraining). Returns the digest. Only do this for a weights file you
+    trust: the hash then vouches for exactly these bytes.
+    """
+    cp = card_path(path)
+    if not cp.exists():
+        raise CheckpointError(f"Checkpoint card {cp} does not exist.")
+    card = json.loads(cp.read_text())
+    digest = sha256_file(weights_path(path))
+    card[WEIGHTS_HASH_FIELD] = digest
+    _atomic_write_json(cp, card)
+    return digest
 
 
 def read_card(path: str | os.PathLike) -> dict[str, Any]:
@@ -82,7 +149,7 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, **card: Any) -> 
     stem.parent.mkdir(parents=True, exist_ok=True)
     full = {"kind": model.kind, "config": model.config.to_dict(), "library_version": __version__,
             "num_parameters": sum(p.numel() for p in model.parameters()), **card}
-    save_tensors(model.state_dict(), weights_path(stem), metadata={"kind": model.kind})
+    full[WEIGHTS_HASH_FIELD] = save_tensors(model.state_dict(), weights_path(stem), metadata={"kind": model.kind})
     _atomic_write_json(card_path(stem), full)
     return card_path(stem)
 
@@ -91,7 +158,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Load a checkpoint; returns ``(model, card)`` with the model in eval mode.
 
     Raises :class:`CheckpointError` naming the file when it is missing,
-    corrupted, truncated, or does not match the architecture of its card.
+    corrupted (SHA-256 differs from the card's ``weights_sha256``), truncated,
+    or does not match the architecture of its card.
     """
     from rose_core.models import build_model
 
@@ -100,7 +168,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
         model = build_model(card["kind"], card["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"Checkpoint card {card_path(path)} describes an invalid model ({exc}).") from exc
-    state = load_tensors(weights_path(path))
+    state = load_tensors(weights_path(path), sha256=card.get(WEIGHTS_HASH_FIELD))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -151,9 +219,9 @@ def save_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimize
             else:
                 scalars.setdefault(str(pid), {})[key] = value
     tstem = stem.with_name(stem.name + ".train")
-    save_tensors(tensors or {"_empty": torch.zeros(0)}, weights_path(tstem))
+    digest = save_tensors(tensors or {"_empty": torch.zeros(0)}, weights_path(tstem))
     _atomic_write_json(card_path(tstem), {"param_groups": state["param_groups"], "scalars": scalars,
-                                          "scheduler": scheduler_state, **info})
+                                          "scheduler": scheduler_state, **info, WEIGHTS_HASH_FIELD: digest})
 
 
 def load_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> dict | None:
@@ -163,7 +231,7 @@ def load_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimize
     if not card_path(tstem).exists() or not weights_path(tstem).exists():
         return None
     info = json.loads(card_path(tstem).read_text())
-    tensors = load_tensors(weights_path(tstem))
+    tensors = load_tensors(weights_path(tstem), sha256=info.get(WEIGHTS_HASH_FIELD))
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name == "_empty":

@@ -363,8 +363,9 @@ class RoseScorer(Scorer):
         # A finished fit is saved for scoring: compact (no first-pass sums) with the bases in the
         # dtype the scorer computes in, which keeps the VAE's EKFAC fit at ~40 MB instead of 160 MB.
         _, dtype = _model_device_dtype(self.model)
-        save_tensors(self.fisher.state_dict(compact=True, basis_dtype=dtype), weights_path(stem),
-                     metadata={"format": FORMAT})
+        # the card records the weights' SHA-256; load() refuses a file whose bytes changed since
+        card["weights_sha256"] = save_tensors(self.fisher.state_dict(compact=True, basis_dtype=dtype),
+                                              weights_path(stem), metadata={"format": FORMAT})
         cp = card_path(stem)
         tmp = cp.with_name(cp.name + ".tmp")
         tmp.write_text(json.dumps(card, indent=2) + "\n")
@@ -423,7 +424,8 @@ class RoseScorer(Scorer):
         if strict and card.get("model_fingerprint") not in (None, model_fingerprint(model)):
             raise CheckpointError(f"The ROSE fit {cp} was made with other weights than this model's "
                                   "(fingerprint mismatch); refit, or load with strict=False.")
-        tensors = load_tensors(weights_path(path))
+        # verified against the card's SHA-256 when it has one (cards from before the field load unchecked)
+        tensors = load_tensors(weights_path(path), sha256=card.get("weights_sha256"))
         try:
             fisher = LayerwiseFisher.from_state_dict(tensors)
         except (ValueError, KeyError) as exc:
