@@ -1,0 +1,136 @@
+"""The paper's published numbers, transcribed from ``shared/paper/rose-paper.md``.
+
+Each entry of :data:`PAPER` names the table (and row block) its values come from; the report
+(:mod:`rose_core.report`) prints them in parentheses beside ours. :data:`PAPER_SETS` maps a paper
+dataset to our sets, the real one first, then its offline stand-in.
+
+Column names are our method names: the paper's "ROSE" is ``rose-ekfac`` on the VAE and
+``rose-diag`` (InvConv layers) on Glow (Appendix B.2); "LR_E" is ``likelihood-regret``, "LRatio"
+``likelihood-ratio``, "IC(png)"/"IC(jp2)" ``input-complexity-png``/``-jp2``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+T2_SETS = ["MNIST", "KMNIST", "NotMNIST", "Omniglot", "CIFAR-10", "SVHN", "Noise", "Constant", "Overall"]
+VAE_COLS = ["rose-ekfac", "likelihood-regret", "nll", "likelihood-ratio", "input-complexity-png",
+             "input-complexity-jp2"]
+GLOW_COLS = ["rose-diag", "likelihood-ratio", "input-complexity-png", "input-complexity-jp2"]
+
+
+def _grid(rows: list[str], cols: list[str], values: list[list[float]]) -> dict[str, dict[str, float]]:
+    return {r: dict(zip(cols, v)) for r, v in zip(rows, values)}
+
+
+PAPER: dict[str, dict[str, Any]] = {
+    "table2-vae": {
+        "source": "Table 2, top left (AUROC, VAE trained on Fashion-MNIST)",
+        "values": _grid(T2_SETS, VAE_COLS, [
+            [0.995, 0.964, 0.161, 0.844, 0.934, 0.449], [0.997, 0.991, 0.626, 0.968, 0.636, 0.389],
+            [1.000, 1.000, 0.980, 0.950, 0.893, 0.958], [1.000, 1.000, 1.000, 0.869, 1.000, 1.000],
+            [0.999, 0.995, 1.000, 0.916, 0.899, 0.999], [1.000, 1.000, 0.999, 0.624, 0.999, 1.000],
+            [0.996, 0.997, 1.000, 1.000, 0.443, 1.000], [1.000, 0.998, 0.953, 0.647, 1.000, 1.000],
+            [0.999, 0.993, 0.869, 0.873, 0.874, 0.879]]),
+    },
+    "table2-glow": {
+        "source": "Table 2, top right (AUROC, Glow trained on Fashion-MNIST; NLL not reported)",
+        "values": _grid(T2_SETS, GLOW_COLS, [
+            [0.562, 0.850, 0.922, 0.616], [0.518, 0.930, 0.496, 0.281], [0.896, 0.500, 0.542, 0.521],
+            [1.000, 0.869, 1.000, 1.000], [0.976, 0.974, 0.772, 0.998], [0.951, 0.147, 0.718, 0.999],
+            [1.000, 1.000, 1.000, 1.000], [0.996, 0.005, 1.000, 1.000], [0.885, 0.704, 0.811, 0.846]]),
+    },
+    "table4-vae": {
+        "source": "Table 4, top left (AUPRC with in-distribution as positive, VAE, Fashion-MNIST)",
+        "values": _grid(T2_SETS, VAE_COLS, [
+            [0.996, 0.968, 0.334, 0.857, 0.948, 0.494], [0.997, 0.991, 0.622, 0.963, 0.666, 0.436],
+            [1.000, 1.000, 0.980, 0.875, 0.851, 0.946], [1.000, 1.000, 1.000, 0.912, 1.000, 1.000],
+            [0.999, 0.996, 1.000, 0.839, 0.911, 0.999], [1.000, 1.000, 0.999, 0.512, 0.998, 1.000],
+            [0.995, 0.998, 1.000, 1.000, 1.000, 1.000], [1.000, 0.997, 0.948, 0.533, 1.000, 1.000],
+            [0.998, 0.994, 0.759, 0.755, 0.858, 0.804]]),
+    },
+    "table4-glow": {
+        "source": "Table 4, top right (AUPRC in-positive, Glow, Fashion-MNIST)",
+        "values": _grid(T2_SETS, GLOW_COLS, [
+            [0.600, 0.905, 0.942, 0.663], [0.547, 0.954, 0.486, 0.367], [0.876, 0.490, 0.479, 0.465],
+            [1.000, 0.835, 1.000, 1.000], [0.979, 0.940, 0.845, 0.998], [0.953, 0.332, 0.799, 0.999],
+            [1.000, 1.000, 1.000, 1.000], [0.995, 0.308, 1.000, 1.000], [0.847, 0.572, 0.757, 0.727]]),
+    },
+    "table5-vae": {
+        "source": "Table 5, top left (FPR80, VAE, Fashion-MNIST; lower is better)",
+        "values": _grid(T2_SETS, VAE_COLS, [
+            [0.007, 0.056, 0.975, 0.246, 0.000, 0.805], [0.003, 0.007, 0.680, 0.036, 0.547, 0.873],
+            [0.000, 0.000, 0.011, 0.001, 0.201, 0.011], [0.000, 0.000, 0.000, 0.000, 0.000, 0.000],
+            [0.001, 0.003, 0.000, 0.054, 0.205, 0.000], [0.000, 0.000, 0.002, 0.983, 0.000, 0.000],
+            [0.012, 0.004, 0.000, 0.000, 0.594, 0.000], [0.000, 0.000, 0.053, 0.915, 0.000, 0.000],
+            [0.002, 0.003, 0.067, 0.117, 0.249, 0.102]]),
+    },
+    "table5-glow": {
+        "source": "Table 5, top right (FPR80, Glow, Fashion-MNIST)",
+        "values": _grid(T2_SETS, GLOW_COLS, [
+            [0.664, 0.199, 0.129, 0.590], [0.741, 0.099, 0.787, 0.995], [0.195, 0.800, 0.920, 0.936],
+            [0.000, 0.218, 0.000, 0.000], [0.025, 0.000, 0.328, 0.001], [0.062, 1.000, 0.409, 0.000],
+            [0.000, 0.000, 0.000, 0.000], [0.000, 1.000, 0.000, 0.000], [0.206, 0.883, 0.328, 0.321]]),
+    },
+    "table3": {
+        "source": "Table 3, left (AUROC of ROSE, VAEs of 0.5×–4× width trained on Fashion-MNIST)",
+        "values": _grid(["MNIST", "KMNIST", "NotMNIST", "SVHN", "CelebA", "LSUN", "Noise", "Constant"],
+                        ["0.5", "1", "2", "4"], [
+            [0.997, 0.995, 0.991, 0.988], [0.998, 0.997, 0.994, 0.993], [1.000, 1.000, 1.000, 1.000],
+            [1.000, 1.000, 1.000, 1.000], [0.999, 0.999, 1.000, 0.998], [0.999, 0.999, 1.000, 0.999],
+            [0.999, 0.996, 0.993, 0.992], [1.000, 1.000, 1.000, 1.000]]),
+    },
+    "table6": {
+        "source": "Table 6, top (AUROC of ROSE on the FMNIST VAE, DIAG vs EKFAC)",
+        "values": _grid(["DIAG", "EKFAC"], ["MNIST", "KMNIST", "NotMNIST", "CIFAR-10", "SVHN", "Noise", "Constant",
+                                            "Overall"], [
+            [0.971, 0.978, 0.997, 0.992, 0.997, 0.885, 0.997, 0.980],
+            [0.995, 0.997, 1.000, 0.999, 1.000, 0.992, 1.000, 0.998]]),
+    },
+    "table7": {
+        "source": "Table 7, top (AUROC of ROSE on the FMNIST Glow, InvConv layers vs all convolutions)",
+        "values": _grid(["InvConv", "Full"], ["MNIST", "KMNIST", "NotMNIST", "CIFAR-10", "SVHN", "Noise", "Constant",
+                                              "Overall"], [
+            [0.562, 0.518, 0.896, 0.976, 0.951, 1.000, 0.996, 0.885],
+            [0.733, 0.787, 0.829, 0.858, 0.835, 1.000, 0.852, 0.857]]),
+    },
+    # Tables 1, 8, 9 are for models trained on CIFAR-10 (not reproducible offline): context only.
+    "brightness": {
+        "source": "Tables 1, 8, 9 (AUROC vs brightness of the OOD set; models trained on CIFAR-10)",
+        "strengths": [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8],
+        "values": {
+            ("Table 1", "CelebA", "ROSE"): [0.954, 0.890, 0.818, 0.774, 0.778, 0.871, 0.928, 0.960, 0.976, 0.883, 0.074],
+            ("Table 1", "CelebA", "LRatio (Random)"): [0.010, 0.085, 0.205, 0.269, 0.333, 0.564, 0.721, 0.811, 0.870,
+                                                       0.430, 0.302],
+            ("Table 1", "CelebA", "RND (SVD)"): [0.183, 0.075, 0.120, 0.358, 0.566, 0.733, 0.825, 0.871, 0.893, 0.514,
+                                                 0.316],
+            ("Table 8", "SVHN", "ROSE"): [0.809, 0.807, 0.861, 0.893, 0.907, 0.920, 0.934, 0.951, 0.965, 0.894, 0.054],
+            ("Table 8", "SVHN", "LRatio (Random)"): [0.004, 0.019, 0.034, 0.043, 0.050, 0.113, 0.208, 0.326, 0.457,
+                                                     0.139, 0.150],
+            ("Table 8", "SVHN", "RND (SVD)"): [0.993, 0.979, 0.973, 0.973, 0.978, 0.976, 0.966, 0.957, 0.944, 0.971,
+                                               0.032],
+            ("Table 9", "Omniglot", "ROSE"): [0.893, 0.803, 0.898, 0.819, 0.996, 0.999, 0.999, 0.999, 0.999, 0.934,
+                                              0.078],
+            ("Table 9", "Omniglot", "LRatio (Random)"): [0.010, 0.157, 0.338, 0.008, 0.961, 0.997, 0.999, 0.909, 0.999,
+                                                         0.598, 0.430],
+            ("Table 9", "Omniglot", "RND (SVD, K=22)"): [0.221, 0.347, 0.499, 0.781, 0.957, 0.961, 0.964, 0.966, 0.968,
+                                                         0.740, 0.285],
+        },
+    },
+    "figure3": {"source": "Figure 3a / section 5 (FMNIST VAE vs MNIST)", "nll": 0.161, "rose": 0.995},
+    "figure4": {"source": "Figure 4 / section 5.2 (CIFAR-10 VAE, RTX 3090 GPU)",
+                "images_per_s": {"likelihood-regret": 2.5, "rose-ekfac": 110.0}, "rose_overall_auroc": 0.918},
+}
+
+PAPER_SETS: dict[str, list[str]] = {
+    "MNIST": ["mnist"], "KMNIST": ["kmnist", "kana-fonts"], "NotMNIST": ["notmnist", "letters-fonts"],
+    "Omniglot": ["omniglot", "glyphs-scripts"], "CIFAR-10": ["cifar10", "cifar10-samples"],
+    "SVHN": ["svhn", "digits-on-photos"], "CelebA": ["celeba", "faces-lfw"], "LSUN": ["lsun", "photo-crops"],
+    "Noise": ["noise"], "Constant": ["constant"], "Overall": ["overall"],
+}
+"""Paper dataset → our sets, preferred first (the real set, then its stand-in)."""
+
+
+def ours_set(paper_set: str, sets: set[str]) -> str | None:
+    """The first of our sets standing for ``paper_set`` that is in ``sets`` (None when none is)."""
+    return next((cand for cand in PAPER_SETS.get(paper_set, []) if cand in sets), None)
