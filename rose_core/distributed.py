@@ -33,14 +33,17 @@ by ``torchrun`` (or any launcher that sets ``RANK``/``WORLD_SIZE``/``MASTER_ADDR
      are gathered in global order: they are the in-distribution calibration
      scores for the verdict threshold and ``scorer.norm_layer_raw``.
 
-  The result equals a single-process :meth:`RoseScorer.fit` of the same images
-  up to the rounding of the float64 sums, which only the order of adding the
-  per-batch sums changes (the batches themselves are the same); adding a few
-  float32-derived batch sums in float64 is usually exact, and then the fit is
-  bit-identical (the benchmark's 1024-image fit is). Where rounding does
-  differ, layers fitted on fewer images than their gradient has rows (EKFAC's
-  ``A`` then has a null space whose eigenbasis is arbitrary) amplify it, exactly
-  as a one-process fit with another batch size would differ. A rank whose shard is empty
+  The fit is one implementation, :meth:`RoseScorer.fit_sets`, for one process and
+  many. Every per-batch statistic (Fisher sums, normalisation sums) is formed in
+  float64 from the float32 factors, and the ranks compute the batches of the
+  one-process grid, so one process and N processes differ only in the order of
+  float64 additions: fit tensors agree to about 1e-12 relative (checked to
+  1e-9 in ``tests/test_distributed.py``). A different *batch size* changes the
+  float32 forward/backward kernels and hence the factors themselves, by
+  float32 rounding (~1e-6 relative). Layers fitted on fewer images than their
+  factors' dimensions (a null space with an arbitrary eigenbasis) are rank-deficient and
+  are warned about (:class:`~rose_core.scorers.rose.RankDeficientFitWarning`),
+  because there even float64 rounding can rotate the basis. A rank whose shard is empty
   still joins every collective with zero sums (its statistics are initialised
   from one blank image and zeroed), so more ranks than images neither hangs nor
   changes the result.
@@ -54,7 +57,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -66,7 +68,7 @@ import torch.distributed as dist
 from rose_core.errors import InvalidInput, RoseError
 
 __all__ = ["DistContext", "DistributedError", "init_distributed", "shutdown", "shard_range", "pick_device",
-           "fit_scorer", "fit_work", "calibration_scores", "env_world_size"]
+           "fit_scorer", "fit_work", "end_pass_everywhere", "env_world_size"]
 
 Progress = Callable[[int], None]
 """``progress(images_done)``: called after each batch with the number of images it held."""
@@ -169,6 +171,14 @@ class DistContext:
         flat = torch.cat([t.detach().reshape(-1).to(self._comm_device, torch.float64) for t in tensors])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         self._unflatten(flat, tensors)
+
+    def sum_int(self, value: int) -> int:
+        """``value`` summed over the ranks (itself with one process)."""
+        if not self.is_distributed:
+            return int(value)
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        self.all_reduce_sum_([t])
+        return int(t.item())
 
     def broadcast_(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         """Overwrite each tensor with rank ``src``'s values, in place (floating-point tensors, one collective)."""
@@ -322,16 +332,29 @@ def shutdown(ctx: DistContext) -> None:
 # Distributed ROSE fit
 # ------------------------------------------------------------------------------------------------
 
-def calibration_scores(scorer, layer_raw: np.ndarray | None = None) -> np.ndarray:
-    """ROSE scores (scorer's ``p``, ``beta``, ``aggregation``) of the normalisation split's raw layer scores
-    (``scorer.norm_layer_raw`` by default): the in-distribution calibration scores of a fit."""
-    from rose_core.scorers.rose import aggregate
+def end_pass_everywhere(fisher, ctx: "DistContext") -> None:
+    """End a Fisher pass on every rank: all-reduce (SUM) the pass's accumulators, then
+    ``end_pass``; what ``end_pass`` derives from the sums (EKFAC's eigenbases) is compared across
+    ranks by a hash and, where it differs (heterogeneous clusters), replaced by rank 0's."""
+    accs = fisher.accumulators()
+    ctx.all_reduce_sum_([accs[k] for k in sorted(accs)])
+    before = {(name, k): id(t) for name, st in fisher.state.items() for k, t in st.items()}
+    fisher.end_pass()
+    if not ctx.is_distributed:
+        return
+    derived = [t for name, st in sorted(fisher.state.items()) for k, t in sorted(st.items())
+               if t.is_floating_point() and before.get((name, k)) != id(t)]
+    if derived and not ctx.same_tensors(derived):
+        ctx.broadcast_(derived)
+        fisher.to(fisher_device(fisher))  # clears derived caches after the in-place update
 
-    raw = scorer.norm_layer_raw if layer_raw is None else layer_raw
-    if raw is None:
-        raise ValueError("The scorer holds no normalisation scores (it was loaded, not fitted here).")
-    z = (np.asarray(raw, dtype=np.float64) - scorer.norm_mean) / scorer.norm_std
-    return aggregate(z, scorer.p, scorer.beta, scorer.aggregation)
+
+def fisher_device(fisher) -> torch.device:
+    for st in fisher.state.values():
+        for k, t in st.items():
+            if k != "shape":
+                return t.device
+    return torch.device("cpu")
 
 
 def _batches(images, idx: np.ndarray, batch_size: int, device: torch.device, dtype: torch.dtype):
@@ -348,9 +371,11 @@ def _batches(images, idx: np.ndarray, batch_size: int, device: torch.device, dty
         yield check_batch(xb.to(device, dtype))
 
 
-def _split_indices(n: int, scorer) -> tuple[np.ndarray, np.ndarray]:
+def _split_indices(n: int, scorer, n_calibration: int = 0) -> tuple[np.ndarray, np.ndarray]:
     from rose_core.scorers.rose import split_mask
 
+    if n_calibration:
+        return np.arange(n), np.arange(n_calibration)
     if scorer.normalization == "same":
         all_idx = np.arange(n)
         return all_idx, all_idx
@@ -358,130 +383,44 @@ def _split_indices(n: int, scorer) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(mask), np.flatnonzero(~mask)
 
 
-def _my_shards(n: int, scorer, ctx: DistContext) -> tuple[np.ndarray, np.ndarray]:
+def _my_shards(n: int, scorer, ctx: DistContext, n_calibration: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """This rank's Fisher and normalisation images (global indices), cut on the batch grid."""
-    fisher_idx, norm_idx = _split_indices(n, scorer)
+    fisher_idx, norm_idx = _split_indices(n, scorer, n_calibration)
     lo, hi = shard_range(len(fisher_idx), ctx.rank, ctx.world_size, unit=scorer.batch_size)
     lo2, hi2 = shard_range(len(norm_idx), ctx.rank, ctx.world_size, unit=scorer.batch_size)
     return fisher_idx[lo:hi], norm_idx[lo2:hi2]
 
 
-def fit_work(n_images: int, scorer, ctx: DistContext | None = None) -> int:
+def fit_work(n_images: int, scorer, ctx: DistContext | None = None, n_calibration: int = 0) -> int:
     """How many images this rank pushes through the model in :func:`fit_scorer` (for a progress bar)."""
     ctx = ctx or DistContext()
-    passes = 2 if scorer.fisher_kind == "ekfac" else 1
-    if not ctx.is_distributed:
-        return n_images * (passes + 1)   # RoseScorer.fit reads the whole stream once per pass
-    my_fisher, my_norm = _my_shards(n_images, scorer, ctx)
-    return len(my_fisher) * passes + len(my_norm)
+    my_fisher, my_norm = _my_shards(n_images, scorer, ctx, n_calibration)
+    from rose_core.fisher import FISHER_KINDS
+
+    return len(my_fisher) * FISHER_KINDS[scorer.fisher_kind].passes + len(my_norm)
 
 
-def fit_scorer(scorer, images, ctx: DistContext | None = None, progress: Progress | None = None) -> np.ndarray:
+def fit_scorer(scorer, images, ctx: DistContext | None = None, progress: Progress | None = None,
+               calibration=None) -> np.ndarray:
     """Fit ``scorer`` (a :class:`RoseScorer`) on ``images``; returns the calibration scores.
 
-    ``images``: the *whole* in-distribution set, identical on every rank — uint8
-    ``(N, H, W, C)`` already prepared for the model (:func:`rose_core.data.prepare_images`) or a
-    float tensor ``(N, C, H, W)`` in [0, 1]. With one process this is exactly
-    :meth:`RoseScorer.fit` (the images in batches of ``scorer.batch_size``); with several, see
-    the module docstring. Afterwards every rank holds the same fitted scorer (Fisher,
-    ``norm_mean``/``norm_std``, ``norm_layer_raw`` in global order, ``n_fisher``/``n_norm``).
-
-    The returned array holds the ROSE scores of the normalisation split (see
-    :func:`calibration_scores`).
+    ``images`` (and ``calibration``, optional: separate in-distribution images for the
+    z-normalisation and the verdict calibration, see :meth:`RoseScorer.fit`): the *whole* sets,
+    identical on every rank — uint8 ``(N, H, W, C)`` already prepared for the model
+    (:func:`rose_core.data.prepare_images`) or float tensors ``(N, C, H, W)`` in [0, 1]. Each rank
+    takes its shard (see the module docstring) and :meth:`RoseScorer.fit_sets` — the one fit —
+    sums over the ranks. Afterwards every rank holds the same fitted scorer.
     """
     ctx = ctx or DistContext()
-    progress = progress or (lambda n: None)
-    n_total = len(images)
-    if not ctx.is_distributed:
-        idx = np.arange(n_total)
-
-        class _Passes:  # re-iterable, reports progress; RoseScorer.fit re-chunks to its batch_size
-            def __iter__(self_inner):
-                for xb in _batches(images, idx, scorer.batch_size, scorer.device, scorer.dtype):
-                    yield xb
-                    progress(len(xb))
-
-        scorer.fit(_Passes())
-        return calibration_scores(scorer)
-    return _fit_distributed(scorer, images, ctx, progress)
-
-
-def _fit_distributed(scorer, images, ctx: DistContext, progress: Progress) -> np.ndarray:
-    from rose_core.fisher import make_fisher
-    from rose_core.pergrad import capture_factors, resolve_layers
-
-    model = scorer.model
-    layers = resolve_layers(model, scorer.layer_names)
-    names = scorer.layer_names
-    n_total = len(images)
-    ctx.check_same((n_total, scorer.fisher_kind, names, scorer.normalization, scorer.fit_fraction,
-                    scorer.damping, scorer.p, scorer.beta, scorer.aggregation), "the fit settings")
-    my_fisher, my_norm = _my_shards(n_total, scorer, ctx)
+    n_cal = 0 if calibration is None else len(calibration)
+    my_fisher, my_norm = _my_shards(len(images), scorer, ctx, n_cal)
+    norm_images = images if calibration is None else calibration
     bs = scorer.batch_size
 
-    def too_few(got: int, which: str) -> InvalidInput:
-        need = ("at least 2 in-distribution images" if scorer.normalization == "same" else
-                f"enough in-distribution images for the Fisher set (fit_fraction={scorer.fit_fraction}) and "
-                "at least 2 normalisation images")
-        return InvalidInput(f"ROSE needs {need}; the {which} set got {got} of {n_total} images.")
+    def source(data, idx):
+        return lambda: _batches(data, idx, bs, scorer.device, scorer.dtype)
 
-    fisher = make_fisher(scorer.fisher_kind, damping=scorer.damping)
-    n_fisher = 0
-    for pass_index in range(fisher.passes):
-        for xb in _batches(images, my_fisher, bs, scorer.device, scorer.dtype):
-            _, factors = capture_factors(model, xb, layers)
-            fisher.update(factors)
-            progress(len(xb))
-        if pass_index == 0 and not fisher.state:
-            # An empty shard: create the accumulators from one blank image, then zero them, so this
-            # rank joins the all-reduce with sums of the right shapes that add nothing.
-            blank = torch.zeros((1,) + tuple(model.input_shape), device=scorer.device, dtype=scorer.dtype)
-            _, factors = capture_factors(model, blank, layers)
-            fisher.update(factors)
-            for t in fisher.accumulators().values():
-                t.zero_()
-        count = torch.tensor([float(len(my_fisher))], dtype=torch.float64)
-        ctx.all_reduce_sum_([count])
-        if pass_index == 0:
-            n_fisher = int(count.item())
-            if n_fisher < 1:
-                raise too_few(n_fisher, "Fisher")
-        accs = fisher.accumulators()
-        ctx.all_reduce_sum_([accs[k] for k in sorted(accs)])
-        before = {(name, k): id(t) for name, st in fisher.state.items() for k, t in st.items()}
-        fisher.end_pass()
-        # What end_pass computed (EKFAC: eigenbases) must be identical on every rank. From identical
-        # sums it is on identical hardware/software; a hash check makes sure, and rank 0's results are
-        # broadcast where they differ (heterogeneous clusters).
-        derived = [t for name, st in sorted(fisher.state.items()) for k, t in sorted(st.items())
-                   if t.is_floating_point() and before.get((name, k)) != id(t)]
-        if derived and not ctx.same_tensors(derived):
-            ctx.broadcast_(derived)
-            fisher.to(scorer.device)  # clears derived caches after the in-place update
-
-    raws = []
-    for xb in _batches(images, my_norm, bs, scorer.device, scorer.dtype):
-        _, factors = capture_factors(model, xb, layers)
-        s = fisher.precondition_norm(factors)
-        raws.append(torch.stack([s[n] for n in names], 1).double().cpu())
-        progress(len(xb))
-    raw = torch.cat(raws) if raws else torch.zeros((0, len(names)), dtype=torch.float64)
-    stats = torch.cat([torch.tensor([float(len(raw))], dtype=torch.float64), raw.sum(0)])
-    ctx.all_reduce_sum_([stats])
-    n_norm = int(stats[0].item())
-    if n_norm < 2:
-        raise too_few(n_norm, "normalisation")
-    mean = stats[1:] / n_norm
-    sq = ((raw - mean) ** 2).sum(0) if len(raw) else torch.zeros(len(names), dtype=torch.float64)
-    ctx.all_reduce_sum_([sq])
-    std = torch.sqrt(sq / n_norm)
-    all_raw = ctx.all_gather_rows(raw).numpy()
-
-    scorer.fisher = fisher
-    scorer.norm_mean = mean.numpy()
-    scorer.norm_std = np.where(std.numpy() > 0, std.numpy(), 1.0)
-    scorer.norm_layer_raw = all_raw
-    scorer.n_fisher, scorer.n_norm = n_fisher, n_norm
-    if not math.isfinite(float(np.sum(scorer.norm_mean))):
-        raise InvalidInput("The normalisation statistics are not finite (the model's loss overflowed?).")
-    return calibration_scores(scorer)
+    scorer.calibrated = calibration is not None
+    scorer.fit_sets((source(images, my_fisher), "all"), (source(norm_images, my_norm), "all"),
+                    ctx=ctx, progress=progress)
+    return scorer.calibration_scores

@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from rose_core.batch_score import folder_inputs, read_scores, score_inputs  # noqa: E402
-from rose_core.distributed import (DistContext, DistributedError, calibration_scores, fit_scorer,  # noqa: E402
+from rose_core.distributed import (DistContext, DistributedError, fit_scorer,  # noqa: E402
                                    init_distributed, shard_range, shutdown)
 from rose_core.errors import InvalidInput, RoseError  # noqa: E402
 from rose_core.models import VAE, VAEConfig  # noqa: E402
@@ -59,9 +59,12 @@ def _write_pngs(folder: Path, n: int, bad: bool = True) -> None:
         (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n0000")
 
 
-def _assert_same_fit(sd_a: dict, sd_b: dict, rtol: float = 1e-6) -> None:
+def _assert_same_fit(sd_a: dict, sd_b: dict, rtol: float = 1e-9) -> None:
     """Fisher state dicts equal to ``rtol`` (relative to each tensor's largest value); for the
-    eigenbasis-dependent EKFAC tensors, the basis-invariant total of ``Σ G̃²`` (= Σ ‖G‖²)."""
+    eigenbasis-dependent EKFAC tensors, the basis-invariant total of ``Σ G̃²`` (= Σ ‖G‖²).
+
+    1e-9: the ranks compute the one-process batches and every batch sum is float64, so only the
+    order of float64 additions differs (~1e-15 per addition)."""
     assert set(sd_a) == set(sd_b)
     for k, a in sd_a.items():
         b = sd_b[k]
@@ -110,10 +113,10 @@ def test_torchrun_fit_and_score_equal_one_process(tmp_path):
     _assert_same_fit(load_tensors(tmp_path / "fit1.safetensors"), load_tensors(tmp_path / "fit2.safetensors"))
     c1, c2 = (json.loads((tmp_path / f"fit{i}.json").read_text()) for i in (1, 2))
     assert (c1["n_fisher"], c1["n_norm"]) == (c2["n_fisher"], c2["n_norm"]) == (20, 20)
-    np.testing.assert_allclose(c2["norm_mean"], c1["norm_mean"], rtol=1e-6)
-    np.testing.assert_allclose(c2["norm_std"], c1["norm_std"], rtol=1e-6)
+    np.testing.assert_allclose(c2["norm_mean"], c1["norm_mean"], rtol=1e-5)
+    np.testing.assert_allclose(c2["norm_std"], c1["norm_std"], rtol=1e-5)
     np.testing.assert_allclose(load_calibration(tmp_path / "fit2"), load_calibration(tmp_path / "fit1"),
-                               rtol=1e-6, atol=1e-9)
+                               rtol=1e-5, atol=1e-9)
 
     score_args = ["score", "--checkpoint", str(tmp_path / "tiny"), "--fit", str(tmp_path / "fit1"), "--input",
                   str(tmp_path / "images"), "--batch-size", "2", "--quiet"]
@@ -130,7 +133,8 @@ def _assert_same_rows(many: pd.DataFrame, one: pd.DataFrame, key: str) -> None:
     assert many[key].tolist() == one[key].tolist()
     for col in many.columns:
         if many[col].dtype.kind == "f":
-            np.testing.assert_allclose(many[col], one[col], rtol=1e-6, atol=1e-9, err_msg=col)
+            # same batch grid and threads on both sides; 1e-5 covers a float32 ulp of the weights
+            np.testing.assert_allclose(many[col], one[col], rtol=1e-5, atol=1e-9, err_msg=col)
         else:
             assert many[col].fillna("-").tolist() == one[col].fillna("-").tolist(), col
 
@@ -186,16 +190,20 @@ def test_more_ranks_than_images_and_bad_input(tmp_path):
     got = torch.load(tmp_path / "fit.pt", weights_only=False)
     _assert_same_fit(single.fisher.state_dict(), got["sd"])
     # The ranks compute the one-process batches, so only the order of the float64 sums differs.
-    np.testing.assert_allclose(got["mean"], single.norm_mean, rtol=1e-6)
-    np.testing.assert_allclose(got["std"], single.norm_std, rtol=1e-6)
-    np.testing.assert_allclose(got["raw"], single.norm_layer_raw, rtol=1e-6)
-    np.testing.assert_allclose(got["cal"], cal, rtol=1e-6, atol=1e-9)
+    # Scores are float32 products with weights cast from the float64 sums: a last-bit difference
+    # in a sum can move a weight by one float32 ulp, so 1e-5 relative (a few ulps) is the bound.
+    np.testing.assert_allclose(got["mean"], single.norm_mean, rtol=1e-5)
+    np.testing.assert_allclose(got["std"], single.norm_std, rtol=1e-5)
+    np.testing.assert_allclose(got["raw"], single.norm_layer_raw, rtol=1e-5)
+    np.testing.assert_allclose(got["cal"], cal, rtol=1e-5, atol=1e-9)
 
     parts = sorted(p.name for p in (tmp_path / "scores").iterdir())
     assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     # 2 images on 3 ranks: rank 0 (which also broadcasts the Fisher state) had no image to score
     assert [len(pd.read_parquet(tmp_path / "scores" / p)) for p in parts] == [0, 1, 1]
-    score_inputs(single, folder_inputs(tmp_path / "two"), tmp_path / "one.parquet", threshold=0.5)
+    # like with like: the ranks scored batches of 1, so the reference does too (float32 kernels
+    # differ between batch shapes); one thread on both sides (set above and in the workers)
+    score_inputs(single, folder_inputs(tmp_path / "two"), tmp_path / "one.parquet", threshold=0.5, batch_size=1)
     _assert_same_rows(read_scores(tmp_path / "scores"), pd.read_parquet(tmp_path / "one.parquet"), "path")
 
     for r, rec in enumerate(records):
@@ -243,7 +251,7 @@ def test_single_process_context_and_sharding(monkeypatch):
     b = RoseScorer(_tiny_vae(), fisher="diag", batch_size=3).fit(_images(8))
     for k, v in b.fisher.state_dict().items():
         assert torch.equal(v, a.fisher.state_dict()[k])
-    np.testing.assert_array_equal(cal, calibration_scores(b))
+    np.testing.assert_array_equal(cal, b.calibration_scores)
 
 
 if __name__ == "__main__":   # the multiprocessing test: python tests/test_distributed.py WORKDIR WORLD

@@ -47,6 +47,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -59,7 +60,12 @@ from rose_core.fisher import FISHER_KINDS, LayerwiseFisher, make_fisher
 from rose_core.pergrad import capture_factors, grad_shape, resolve_layers, check_supported, UnsupportedLayer
 from rose_core.scorers.base import Batches, Scorer, ScoreResult, check_batch
 
-__all__ = ["RoseScorer", "aggregate", "split_mask"]
+__all__ = ["RoseScorer", "RankDeficientFitWarning", "aggregate", "split_mask"]
+
+
+class RankDeficientFitWarning(UserWarning):
+    """A layer's Fisher was fitted on too few images to be full rank (its score is then not
+    ``gᵀF⁻¹g`` but, in the missing directions, a distance divided by the damping)."""
 
 FORMAT = "rose-fit"
 FORMAT_VERSION = 1
@@ -197,7 +203,13 @@ class RoseScorer(Scorer):
         self.norm_mean: np.ndarray | None = None
         self.norm_std: np.ndarray | None = None
         self.norm_layer_raw: np.ndarray | None = None
-        """Raw layer scores ``(n_norm, L)`` of the normalisation set (kept after ``fit``, not saved)."""
+        """Raw layer scores ``(n_norm, L)`` of the normalisation (calibration) images."""
+        self.calibration_loss: np.ndarray | None = None
+        """Per-sample loss in nats ``(n_norm,)`` of the same images (for the typicality test)."""
+        self.calibrated = False
+        """True when the normalisation images were a separate calibration set (``fit(calibration=...)``)."""
+        self.fit_problems: list[str] = []
+        """Rank-deficient layers of the last fit (see :meth:`LayerwiseFisher.rank_problems`)."""
         self.n_fisher = 0
         self.n_norm = 0
 
@@ -260,21 +272,69 @@ class RoseScorer(Scorer):
             yield cat.to(self.device, self.dtype)
 
     # --- fitting -----------------------------------------------------------------------------
-    def fit(self, in_dist: Batches) -> "RoseScorer":
+    def fit(self, in_dist: Batches, calibration: Batches | None = None, *, ctx=None,
+            progress: Callable[[int], None] | None = None) -> "RoseScorer":
         """Fit the Fisher of every scored layer and the z-normalisation on in-distribution data.
 
         ``in_dist``: a float tensor ``(N, C, H, W)`` in [0, 1] or an iterable of such batches.
+        ``calibration``: in-distribution images the model never trained on (e.g. the calibration
+        half of the test split, :mod:`rose_core.data.splits`); when given, the Fisher is fitted on
+        *all* of ``in_dist`` and the z-normalisation statistics, the calibration scores (verdict
+        threshold, p-values) and the calibration losses come from ``calibration``. Without it,
+        ``normalization`` decides (``"separate"``: an interleaved split of ``in_dist``; ``"same"``:
+        the Fisher images themselves). ``progress(n)`` is called after every batch with its size.
+
+        Rank-deficient layers (fewer fit images than their factors have dimensions) raise a
+        :class:`RankDeficientFitWarning` and are listed in :attr:`fit_problems`.
         """
         source = self._source(in_dist)
-        fisher_subset = "all" if self.normalization == "same" else "fisher"
+        if calibration is not None:
+            if self.normalization == "same":
+                raise ValueError("normalization='same' normalises on the Fisher images; do not pass calibration= "
+                                 "(or use normalization='separate').")
+            fisher_sets = (source, "all")
+            norm_sets = (self._source(calibration), "all")
+            self.calibrated = True
+        else:
+            same = self.normalization == "same"
+            fisher_sets = (source, "all" if same else "fisher")
+            norm_sets = (source, "all" if same else "norm")
+            self.calibrated = False
+        return self.fit_sets(fisher_sets, norm_sets, ctx=ctx, progress=progress)
+
+    def fit_sets(self, fisher_set, norm_set, *, ctx=None, progress: Callable[[int], None] | None = None
+                 ) -> "RoseScorer":
+        """The one ROSE fit (used by :meth:`fit` and by :func:`rose_core.distributed.fit_scorer`).
+
+        ``fisher_set``/``norm_set``: ``(source, subset)`` with ``source`` a function returning the
+        batches again for every pass (:meth:`_source`) and ``subset`` ``"all"``, ``"fisher"`` or
+        ``"norm"`` (the interleaved split of :func:`split_mask`). ``ctx`` (a
+        :class:`rose_core.distributed.DistContext`; ``None``: one process) sums every count,
+        Fisher accumulator and normalisation statistic over the ranks, each rank passing its own
+        shard. All sums are float64, so one process and N processes agree to float64 rounding.
+        """
+        from rose_core.distributed import DistContext, end_pass_everywhere
+
+        ctx = ctx or DistContext()
+        progress = progress or (lambda n: None)
+        ctx.check_same((self.fisher_kind, self.layer_names, self.normalization, self.fit_fraction, self.damping,
+                        self.p, self.beta, self.aggregation), "the fit settings")
         fisher = make_fisher(self.fisher_kind, damping=self.damping)
         n_fisher = 0
         for pass_index in range(fisher.passes):
             n = 0
-            for xb in self._chunks(source, fisher_subset):
+            for xb in self._chunks(*fisher_set):
                 _, factors = capture_factors(self.model, xb, self._layers)
                 fisher.update(factors)
                 n += len(xb)
+                progress(len(xb))
+            if pass_index == 0 and not fisher.state and ctx.is_distributed:
+                # An empty shard joins the all-reduce with zero sums of the right shapes.
+                blank = torch.zeros((1,) + tuple(self.model.input_shape), device=self.device, dtype=self.dtype)
+                fisher.update(capture_factors(self.model, blank, self._layers)[1])
+                for t in fisher.accumulators().values():
+                    t.zero_()
+            n = ctx.sum_int(n)
             if pass_index == 0:
                 n_fisher = n
                 if n_fisher < 1:
@@ -282,21 +342,53 @@ class RoseScorer(Scorer):
             elif n != n_fisher:
                 raise InvalidInput(f"The in-distribution data changed between passes ({n_fisher} then {n} Fisher "
                                    "samples); pass a tensor, a list or a DataLoader without shuffling.")
-            fisher.end_pass()
+            end_pass_everywhere(fisher, ctx)
+        self.fit_problems = fisher.rank_problems()
+        if self.fit_problems:
+            warnings.warn(RankDeficientFitWarning(" ".join(self.fit_problems)), stacklevel=3)
+
         self.fisher = fisher
         self.norm_mean = None
-        raws = [self._layer_raw(xb)[1] for xb in self._chunks(source, "all" if self.normalization == "same"
-                                                                   else "norm")]
-        raw = np.concatenate(raws) if raws else np.zeros((0, len(self._layers)))
-        if len(raw) < 2:
+        raws, losses = [], []
+        for xb in self._chunks(*norm_set):
+            loss, raw = self._layer_raw(xb)
+            raws.append(raw)
+            losses.append(loss)
+            progress(len(xb))
+        n_layers = len(self._layers)
+        raw = np.concatenate(raws) if raws else np.zeros((0, n_layers))
+        loss = np.concatenate(losses) if losses else np.zeros(0)
+        stats = torch.from_numpy(np.concatenate([[len(raw)], raw.sum(0)]))
+        ctx.all_reduce_sum_([stats])
+        n_norm = int(stats[0])
+        if n_norm < 2:
             self.fisher = None
-            raise InvalidInput(self._too_few(len(raw), "normalisation"))
-        self.norm_layer_raw = raw
-        self.norm_mean = raw.mean(0)
-        std = raw.std(0)
+            raise InvalidInput(self._too_few(n_norm, "normalisation"))
+        mean = stats[1:].numpy() / n_norm
+        sq = torch.from_numpy(((raw - mean) ** 2).sum(0) if len(raw) else np.zeros(n_layers))
+        ctx.all_reduce_sum_([sq])
+        std = np.sqrt(sq.numpy() / n_norm)
+        gathered = ctx.all_gather_rows(torch.from_numpy(np.concatenate([raw, loss[:, None]], 1))).numpy()
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            self.fisher = None
+            raise InvalidInput("The normalisation statistics are not finite (the model's loss overflowed, or an "
+                               "input is extreme); check the model and the calibration images.")
+        self.norm_layer_raw = gathered[:, :n_layers]
+        self.calibration_loss = gathered[:, n_layers]
+        self.norm_mean = mean
         self.norm_std = np.where(std > 0, std, 1.0)
-        self.n_fisher, self.n_norm = n_fisher, len(raw)
+        self.n_fisher, self.n_norm = n_fisher, n_norm
         return self
+
+    @property
+    def calibration_scores(self) -> np.ndarray:
+        """ROSE scores ``(n_norm,)`` of the normalisation (calibration) images: the in-distribution
+        reference for the verdict threshold and p-values."""
+        if self.norm_layer_raw is None:
+            raise RuntimeError("This scorer holds no calibration scores (it is not fitted, or was saved "
+                               "without them).")
+        z = (self.norm_layer_raw - self.norm_mean) / self.norm_std
+        return aggregate(z, self.p, self.beta, self.aggregation)
 
     def _too_few(self, got: int, which: str) -> str:
         if self.normalization == "same":
