@@ -25,6 +25,8 @@ METHODS: dict[str, str] = {
     "input-complexity-png": "Input Complexity with PNG (Serrà et al. 2020)",
     "input-complexity-jp2": "Input Complexity with lossless JPEG 2000 (Serrà et al. 2020)",
     "rnd": "SVD-RND (Choi & Chung 2020); needs rnd=<RNDScorer or checkpoint path>",
+    "typicality": "two-sided likelihood typicality test on the per-sample loss (fit on held-out images)",
+    "rose+typicality": "ROSE + two-sided likelihood typicality, one p-value (combine='min-p' or 'fisher')",
 }
 
 
@@ -45,6 +47,17 @@ def build_scorer(method: str, model: GenerativeModel | None, **kwargs: Any) -> S
                               f"in this installation ({exc}).") from exc
         kwargs.setdefault("fisher", key.split("-", 1)[1])
         return RoseScorer(_need_model(key, model), **kwargs)
+    # -----------------------------------------------------------------------------------
+
+    # --- likelihood typicality (rose_core.scorers.typicality) --------------------------
+    if key == "typicality":
+        from rose_core.scorers.typicality import TypicalityScorer
+        return TypicalityScorer(_need_model(key, model), **kwargs)
+    if key == "rose+typicality":  # kwargs: combine=, tpr=, the rest go to the RoseScorer
+        from rose_core.scorers.rose import RoseScorer
+        from rose_core.scorers.typicality import RoseTypicalityScorer
+        combined = {k: kwargs.pop(k) for k in ("combine", "tpr") if k in kwargs}
+        return RoseTypicalityScorer(RoseScorer(_need_model(key, model), **kwargs), **combined)
     # -----------------------------------------------------------------------------------
 
     if key == "nll":
