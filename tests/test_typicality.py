@@ -376,6 +376,18 @@ def test_unfitted_and_bad_inputs_give_clear_errors():
     no_arrays.calibration_loss = None
     with pytest.raises(RuntimeError, match="refit"):
         RoseTypicalityScorer(no_arrays).fit()
+
+    class Raising(FakeRose):  # a RoseScorer whose calibration_scores property raises (loaded from disk)
+        @property
+        def calibration_scores(self):
+            raise RuntimeError("This scorer holds no calibration scores")
+
+        @calibration_scores.setter
+        def calibration_scores(self, value):
+            pass
+
+    with pytest.raises(RuntimeError, match="refit it with fit\\(in_dist, calibration="):
+        RoseTypicalityScorer(Raising([1, 2], [1, 2])).fit()
     with pytest.raises(RuntimeError, match="same images"):
         RoseTypicalityScorer(FakeRose([1, 2, 3], [1, 2])).fit()
     with pytest.raises(InvalidInput, match="non-finite"):

@@ -376,8 +376,7 @@ class RoseTypicalityScorer(Scorer):
         if getattr(self.rose, "fitted", True) is False:
             raise RuntimeError("The RoseScorer is not fitted: call fit(in_dist, calibration=held_out_images) on "
                                "this scorer or on the RoseScorer first.")
-        scores = getattr(self.rose, "calibration_scores", None)
-        loss = getattr(self.rose, "calibration_loss", None)
+        scores, loss = self._rose_array("calibration_scores"), self._rose_array("calibration_loss")
         if scores is None or loss is None:
             raise RuntimeError("The RoseScorer holds no calibration_scores/calibration_loss (a fit loaded from "
                                "disk, or a version without them): refit it with "
@@ -389,6 +388,13 @@ class RoseTypicalityScorer(Scorer):
                                "must describe the same images; refit the RoseScorer.")
         _calibration(scores, "RoseScorer.calibration_scores")  # size check
         return scores, loss
+
+    def _rose_array(self, name: str) -> Any:
+        """The RoseScorer's ``name`` array, or None where it has none (its property may raise)."""
+        try:
+            return getattr(self.rose, name, None)
+        except RuntimeError:
+            return None
 
     def _need_fit(self) -> tuple[np.ndarray, np.ndarray]:
         if self._rose_cal is None:
@@ -421,7 +427,7 @@ class RoseTypicalityScorer(Scorer):
         """The combined result from a ROSE :class:`ScoreResult` of the same RoseScorer (whose
         extras hold ``loss``), for callers that already have ROSE's scores."""
         rose_cal, loss_cal = self._need_fit()
-        current = getattr(self.rose, "calibration_scores", None)
+        current = self._rose_array("calibration_scores")
         if current is None or np.shape(current) != rose_cal.shape or not np.array_equal(current, rose_cal):
             raise RuntimeError("The RoseScorer was refitted after this scorer was fitted; call fit() again.")
         if "loss" not in rose_result.extras:
