@@ -177,3 +177,62 @@ def test_preprocessing_rejects_bad_input():
         prepare_images(np.zeros((1, 28, 28, 2), dtype=np.uint8))
     with pytest.raises(InvalidInput):
         convert_channels(np.zeros((1, 4, 4, 1), dtype=np.uint8), 2)
+
+
+# --------------------------------------------------------------------------- package structure
+
+
+def _data_imports() -> dict[str, set[str]]:
+    """Module -> the rose_core.data modules it imports anywhere in its code (also inside functions).
+    ``from rose_core.data import name`` of a non-module name counts as importing the package (``__init__``)."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(registry.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rose_core.data"):
+                if node.module == "rose_core.data":
+                    edges |= {a.name if a.name in modules else "__init__" for a in node.names}
+                else:
+                    edges.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                edges |= {a.name.split(".")[2] for a in node.names if a.name.startswith("rose_core.data.")}
+        graph[path.stem] = edges - {path.stem}
+    return graph
+
+
+def test_data_package_has_no_import_circle():
+    graph = _data_imports()
+    state: dict[str, int] = {}
+
+    def visit(node, trail):
+        if state.get(node) == 1:
+            raise AssertionError(f"import circle: {' -> '.join(trail + [node])}")
+        if state.get(node) == 2:
+            return
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt, trail + [node])
+        state[node] = 2
+
+    for module in sorted(graph):
+        visit(module, [])
+    # builders declare datasets; only the catalogue (called by the package) hands them to the registry
+    assert graph["registry"] <= {"base"}
+    for builder in ("real", "standins", "fonts", "drawing", "glyphs", "photos", "foolbox_samples", "synthetic"):
+        assert not graph[builder] & {"registry", "catalogue", "__init__"}, builder
+
+
+def test_catalogue_registers_every_declared_dataset_once():
+    from rose_core.data import catalogue
+
+    declared = [spec.card.name for spec in catalogue.builtin_specs()]
+    assert len(declared) == len(set(declared))
+    assert set(declared) <= set(dataset_names())
+    assert {"fashion-mnist", "mnist", "letters-fonts", "noise"} <= set(declared)
+    catalogue.register_builtin()  # registering again changes nothing
+    assert [get_card(n) for n in declared] == [spec.card for spec in catalogue.builtin_specs()]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rose_core.data import get_card, is_available, load_dataset
-from rose_core.data import registry, standins
+from rose_core.data import fonts, foolbox_samples, registry, standins
 from rose_core.errors import DatasetUnavailable
 
 # name -> (H, W, C, labelled); generated sets are built small here (N_SMALL)
@@ -30,18 +30,18 @@ REAL_NAMES = {"notmnist", "kmnist", "omniglot", "svhn", "celeba", "lsun", "cifar
 @pytest.fixture(scope="session")
 def foolbox_wheel(tmp_path_factory):
     """The foolbox wheel: from the project's data cache when there, else one pip download per run."""
-    cached = standins._foolbox_wheel()  # default $ROSE_DATA/raw/foolbox
+    cached = foolbox_samples._foolbox_wheel()  # default $ROSE_DATA/raw/foolbox
     if cached is not None:
         return cached
     folder = tmp_path_factory.mktemp("foolbox")
-    original = standins.foolbox_dir
-    standins.foolbox_dir = lambda: folder
+    original = foolbox_samples.foolbox_dir
+    foolbox_samples.foolbox_dir = lambda: folder
     try:
-        return standins._fetch_foolbox_wheel()
+        return foolbox_samples._fetch_foolbox_wheel()
     except DatasetUnavailable as exc:  # only when PyPI cannot be reached
         pytest.skip(f"foolbox wheel unavailable: {exc}")
     finally:
-        standins.foolbox_dir = original
+        foolbox_samples.foolbox_dir = original
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def test_cards_are_honest():
 def test_missing_fonts_name_the_fix(name, fix, small_data, monkeypatch):
     empty = small_data / "no-fonts"
     empty.mkdir()
-    monkeypatch.setattr(standins, "FONT_DIRS", (empty,))
+    monkeypatch.setattr(fonts, "FONT_DIRS", (empty,))
     assert not is_available(name)
     with pytest.raises(DatasetUnavailable, match=fix):
         load_dataset(name)

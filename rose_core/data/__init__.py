@@ -1,4 +1,8 @@
-"""Datasets (real and clearly named stand-ins) and preprocessing."""
+"""Datasets (real and clearly named stand-ins) and preprocessing.
+
+Importing the package registers the built-in datasets, once, from the explicit
+list in :mod:`rose_core.data.catalogue`.
+"""
 
 from rose_core.data.registry import (  # noqa: F401
     DatasetCard,
@@ -10,3 +14,6 @@ from rose_core.data.registry import (  # noqa: F401
     load_dataset,
 )
 from rose_core.data.preprocess import to_model_input, prepare_images  # noqa: F401
+from rose_core.data import catalogue as _catalogue
+
+_catalogue.register_builtin()

