@@ -91,6 +91,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rose_core.methods import (NLL_BASED, ROSE_AGG_OPTIONS, ROSE_LEGACY_OPTIONS, MethodSpec, default_methods,
+                               format_value as _fmt_value, parse_method, parse_value as _parse_value,
+                               split_methods)
 from rose_core.results import TABLES, Results, results_root
 
 log = logging.getLogger(__name__)
@@ -98,16 +101,6 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # Constants
 # --------------------------------------------------------------------------------------------
-
-VAE_METHODS = ("rose-ekfac", "rose-diag", "nll", "likelihood-regret", "likelihood-ratio",
-               "input-complexity-png", "input-complexity-jp2", "rnd")
-"""Default methods for a VAE (the paper's Table 2, left, plus SVD-RND)."""
-
-GLOW_METHODS = ("rose-diag", "rose-ekfac", "nll", "likelihood-ratio", "input-complexity-png",
-                "input-complexity-jp2")
-"""Default methods for Glow (Table 2, right): ROSE on the InvConv layers (DIAG is the paper's
-default for Glow), NLL and Input Complexity; the Likelihood Ratio only if a Glow background
-model exists (there is none shipped)."""
 
 DEFAULT_CAPS = {"likelihood-regret": 300}
 """Images per set for slow methods (Likelihood Regret optimises the encoder per image)."""
@@ -125,9 +118,8 @@ CAPACITIES = (0.5, 1.0, 2.0, 4.0)
 FISHER_SAMPLE_SIZES = (10, 30, 100, 300, 1000, 3000, 10000)
 """Figure 5: numbers of Fisher samples (ten to 10K)."""
 
-ROSE_FIT_OPTIONS = ("layers", "normalization", "fit_fraction", "damping", "n_fit")
-ROSE_AGG_OPTIONS = ("p", "beta", "aggregation")
-NLL_BASED = ("nll", "likelihood-ratio", "input-complexity-png", "input-complexity-jp2")
+ROSE_FIT_OPTIONS = ROSE_LEGACY_OPTIONS + ("layers", "damping")
+"""Options of a training-split ROSE variant that change its fit (and its fit file's name)."""
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -147,7 +139,7 @@ class EvalSettings:
     ood_sets: Sequence[str] | None = None
     """OOD datasets; None = every available dataset except the in-distribution one."""
     methods: Sequence[str] | None = None
-    """Methods; None = :data:`VAE_METHODS` / :data:`GLOW_METHODS` by model kind."""
+    """Methods; None = :func:`rose_core.methods.default_methods` of the model kind."""
     seed: int = 0
     n_fit: int = 2000
     """In-distribution *train* images for the ROSE fit (Fisher + normalisation split)."""
@@ -176,89 +168,6 @@ class EvalSettings:
         d["ood_sets"] = None if self.ood_sets is None else list(self.ood_sets)
         d["methods"] = None if self.methods is None else list(self.methods)
         return d
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """A method name with options, e.g. ``rose-ekfac:p=2,aggregation=max``."""
-
-    name: str
-    base: str
-    options: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def opts(self) -> dict[str, Any]:
-        return dict(self.options)
-
-    @property
-    def is_rose(self) -> bool:
-        return self.base in ("rose-ekfac", "rose-diag")
-
-    @property
-    def fisher(self) -> str | None:
-        return self.base.split("-", 1)[1] if self.is_rose else None
-
-    @property
-    def is_main_rose(self) -> bool:
-        """The plain ``rose-ekfac``/``rose-diag`` (their layers go to ``layers.parquet``)."""
-        return self.is_rose and not self.options
-
-
-def _parse_value(v: str) -> Any:
-    low = v.strip().lower()
-    if low in ("inf", "infinity"):
-        return math.inf
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v.strip()
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        if v == math.inf:
-            return "inf"
-        if v.is_integer():
-            return str(int(v))
-    return str(v)
-
-
-def parse_method(spec: str | MethodSpec) -> MethodSpec:
-    """Parse ``base[:key=value,...]``; the name is normalised (options sorted)."""
-    if isinstance(spec, MethodSpec):
-        return spec
-    from rose_core.scorers.registry import METHODS
-
-    text = str(spec).strip()
-    base, _, rest = text.partition(":")
-    base = base.strip().lower().replace("_", "-")
-    if base not in METHODS:
-        raise ValueError(f"Unknown method {spec!r}; expected one of {', '.join(METHODS)} "
-                         "(optionally with options, e.g. rose-ekfac:p=2).")
-    options: dict[str, Any] = {}
-    if rest.strip():
-        for item in rest.split(","):
-            if "=" not in item:
-                raise ValueError(f"Method option {item!r} in {spec!r} must look like key=value.")
-            k, v = item.split("=", 1)
-            options[k.strip()] = _parse_value(v)
-    allowed = {
-        "rose-ekfac": ROSE_FIT_OPTIONS + ROSE_AGG_OPTIONS,
-        "rose-diag": ROSE_FIT_OPTIONS + ROSE_AGG_OPTIONS,
-        "likelihood-ratio": ("background",),
-        "rnd": ("path",),
-        "likelihood-regret": ("steps", "elbo_samples", "lr", "weight_decay"),
-    }.get(base, ())
-    bad = sorted(set(options) - set(allowed))
-    if bad:
-        raise ValueError(f"Method {base!r} takes no option(s) {bad}; allowed: {list(allowed) or 'none'}.")
-    items = tuple(sorted(options.items()))
-    name = base + (":" + ",".join(f"{k}={_fmt_value(v)}" for k, v in items) if items else "")
-    return MethodSpec(name=name, base=base, options=items)
 
 
 def subset_indices(n_total: int, n: int | None, seed: int) -> np.ndarray:
@@ -498,7 +407,7 @@ class Evaluation:
     def methods(self) -> list[str]:
         if self.settings.methods is not None:
             return [parse_method(m).name for m in self.settings.methods]
-        return list(VAE_METHODS if self.kind == "vae" else GLOW_METHODS)
+        return default_methods(self.kind)
 
     def allowed(self, method: str, dataset: str) -> bool:
         """False when ``settings.method_sets`` restricts ``method`` to other OOD sets."""
@@ -576,6 +485,8 @@ class Evaluation:
     def method_available(self, method: str) -> tuple[bool, str]:
         """Whether ``method`` can run for this checkpoint, and why not."""
         spec = parse_method(method)
+        if spec.base in ("typicality", "rose+typicality"):
+            return False, "the harness does not run the typicality methods yet."
         if spec.base == "likelihood-regret" and self.kind != "vae":
             return False, "Likelihood Regret re-optimises a VAE encoder; it is not defined for Glow."
         if spec.base == "likelihood-ratio" and self.background_path(spec) is None:
@@ -1451,7 +1362,7 @@ def run_preset(preset: str, checkpoint: str | os.PathLike, results: str | os.Pat
 
 __all__ = ["Evaluation", "EvalSettings", "MethodSpec", "Unit", "PRESETS", "run_preset", "parse_method",
            "compute_metrics", "compute_layer_metrics", "subset_indices", "overall_pick", "dataset_role",
-           "VAE_METHODS", "GLOW_METHODS", "BRIGHTNESS", "PERTURBATIONS", "CAPACITIES", "FISHER_SAMPLE_SIZES"]
+           "BRIGHTNESS", "PERTURBATIONS", "CAPACITIES", "FISHER_SAMPLE_SIZES"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1470,23 +1381,6 @@ def _kv_list(items: Sequence[str] | None, what: str) -> dict[str, str]:
 
 def _csv(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
-
-
-def split_methods(text: str | None) -> list[str] | None:
-    """Split a comma-separated method list whose entries may carry comma-separated options:
-    ``"nll,rose-ekfac:p=2,aggregation=max,rose-diag"`` → ``["nll", "rose-ekfac:p=2,aggregation=max",
-    "rose-diag"]`` (a ``key=value`` token without ``:`` continues the previous method)."""
-    if text is None:
-        return None
-    out: list[str] = []
-    for tok in (t.strip() for t in text.split(",")):
-        if not tok:
-            continue
-        if "=" in tok and ":" not in tok and out and ":" in out[-1]:
-            out[-1] += "," + tok
-        else:
-            out.append(tok)
-    return out
 
 
 def cli_evaluate(args) -> int:

@@ -290,3 +290,33 @@ def test_two_sessions_on_one_bundle_keep_each_others_rows(world, bundle):
     assert set(half["method"]) >= {"nll", "input-complexity-png"}
     cache = Results(bundle.bundle.folder).manifest["cache"]
     assert "nll|tiny-ood-a|brightness|0.5|0" in cache and "input-complexity-png|tiny-ood-a|brightness|0.5|0" in cache
+
+
+def test_method_registry_parses_and_names_specs():
+    """rose_core.methods: one parser (normalised names, clear errors) and one display rule."""
+    from rose_core.methods import (METHODS, default_methods, method_order, method_short, method_title,
+                                   split_methods)
+
+    spec = parse_method("ROSE_EKFAC: normalization=same , n_fit=10000")
+    assert spec.name == "rose-ekfac:n_fit=10000,normalization=same" and spec.is_legacy_rose
+    assert parse_method("rose-ekfac:n_fisher=5000").is_legacy_rose is False
+    assert parse_method("rose+typicality:fisher=diag").fisher == "diag"
+    for bad, words in [("rose-foo", "Unknown method"), ("nll:k=3", "takes no option"),
+                       ("rose-ekfac:p", "key=value"), ("rose-ekfac:p=1,p=2", "twice"),
+                       ("typicality:fisher=kfac", "ekfac or diag")]:
+        with pytest.raises(ValueError, match=words):
+            parse_method(bad)
+    assert split_methods("nll,rose-ekfac:p=2,aggregation=max,rose-diag") == [
+        "nll", "rose-ekfac:p=2,aggregation=max", "rose-diag"]
+    assert method_title("rose-ekfac") == "ROSE (EKFAC)" and method_short("rose-ekfac") == "ROSE-EKFAC"
+    assert method_title("rnd:path=checkpoints/rnd-fmnist-dct") == "RND (DCT)"
+    assert method_short("rnd:path=checkpoints/rnd-fmnist-dct") == "RND (DCT)" and method_short("rnd") == "SVD-RND"
+    assert method_short("likelihood-ratio:background=ck/vae-background-random") == "LRatio (Random)"
+    assert method_title("rose-ekfac:p=2") == "ROSE (EKFAC) [p=2]"
+    assert method_title("an-old-name") == "an-old-name"
+    assert method_order(["nll", "rnd:path=x", "rose-diag", "rnd", "rose-ekfac"]) == [
+        "rose-ekfac", "rose-diag", "nll", "rnd", "rnd:path=x"]
+    for kind in ("vae", "glow"):
+        ms = default_methods(kind)
+        assert {"rose+typicality", "typicality", "nll"} <= set(ms) and all(kind in METHODS[m].kinds for m in ms)
+    assert "likelihood-regret" not in default_methods("glow")

@@ -13,29 +13,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from rose_core.methods import METHODS
 from rose_core.models.base import GenerativeModel
 from rose_core.scorers.base import Scorer
 
-METHODS: dict[str, str] = {
-    "rose-ekfac": "ROSE with the EKFAC Fisher (the paper's method)",
-    "rose-diag": "ROSE with the diagonal Fisher",
-    "nll": "negative log-likelihood (IWAE k=20 for the VAE, exact for Glow)",
-    "likelihood-regret": "Likelihood Regret LR(E) (Xiao et al. 2020), VAE only",
-    "likelihood-ratio": "Likelihood Ratio (Ren et al. 2019); needs background_model",
-    "input-complexity-png": "Input Complexity with PNG (Serrà et al. 2020)",
-    "input-complexity-jp2": "Input Complexity with lossless JPEG 2000 (Serrà et al. 2020)",
-    "rnd": "SVD-RND (Choi & Chung 2020); needs rnd=<RNDScorer or checkpoint path>",
-    "typicality": "two-sided likelihood typicality test on the per-sample loss (fit on held-out images)",
-    "rose+typicality": "ROSE + two-sided likelihood typicality, one p-value (combine='min-p' or 'fisher')",
-}
-
-
-def available_methods() -> list[str]:
-    return list(METHODS)
+# Method ids, names, kinds and options live in rose_core.methods (the one registry).
 
 
 def build_scorer(method: str, model: GenerativeModel | None, **kwargs: Any) -> Scorer:
-    """A scorer for ``method`` (see :data:`METHODS`) on ``model``; ``kwargs`` go to its constructor."""
+    """A scorer for ``method`` (an id of :data:`rose_core.methods.METHODS`) on ``model``; ``kwargs`` go to its constructor."""
     key = str(method).lower().replace("_", "-")
 
     # --- ROSE: rose_core.scorers.rose is imported lazily (it may not exist yet) ----------
