@@ -2,7 +2,7 @@
 
 Run with ``make app`` (or ``streamlit run app.py``). This file is the entry
 point and the Home page; the other pages are ``pages/*.py`` (Streamlit's
-multipage folder). Every page starts with :func:`app_common.page_setup`, which
+multipage folder). Every page starts with :func:`studio.widgets.page_setup`, which
 draws the same sidebar: the page links and the model picker.
 """
 
@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import streamlit as st
 
-import app_common as ac
+from rose_core import charts
+from rose_core.labels import dataset_label, method_label
+from studio import state
+from studio import widgets as ui
+from studio.paths import data_dir
 
 
 def home() -> None:
     st.title("ROSE Studio")
     st.markdown("Out-of-distribution (OOD) detection with deep generative models: score any image with "
                 "**ROSE**, the layer-wise Fisher score of its gradient, and see why the likelihood alone fails.")
-    picked = ac.current_model()
+    picked = ui.current_model()
     if picked is None:
         return
     name, card = picked
 
     st.subheader(f"Model: {name}")
     cols = st.columns([2, 1, 1, 1, 1])
-    cols[0].metric("Trained on", ac.dataset_label(card.get("dataset", "?")))
+    cols[0].metric("Trained on", dataset_label(card.get("dataset", "?")))
     cols[1].metric("Kind", card["kind"].upper())
     cols[2].metric("Epochs", card.get("epochs", "?"))
     bpd = card.get("test_bits_per_dim")
@@ -70,34 +74,29 @@ scores gives a p-value.
                     "- **Methods**: Table-2 comparison and throughput")
 
     st.subheader("Key figure: NLL fails, ROSE separates")
-    b = ac.bundle(name)
+    b = state.bundle(name)
     ood = "mnist" if "mnist" in b.ood_sets() else (b.ood_sets()[0] if b.ood_sets() else None)
     methods = b.methods() if b.exists else []
-    rose = next((f"rose-{f}" for f in ac.fisher_order(name) if f"rose-{f}" in methods), None)
+    rose = next((f"rose-{f}" for f in state.fisher_order(name) if f"rose-{f}" in methods), None)
     if not b.exists or ood is None or "nll" not in methods or rose is None:
-        ac.missing_bundle_message(name, "The key figure", ac.main_preset(name))
+        ui.missing_bundle_message(name, "The key figure", state.main_preset(name))
     else:
-        scores = b.table("scores")
         ind = b.in_dist()
-        a_nll, o_nll = ac.split_scores(scores, "nll", ood, column="nll_nats")
-        if len(a_nll) == 0:
-            a_nll, o_nll = ac.split_scores(scores, "nll", ood)
-        a_rose, o_rose = ac.split_scores(scores, rose, ood)
+        a_nll, o_nll = b.nll_split(ood)
+        a_rose, o_rose = b.split(rose, ood)
+        auc = b.metrics_view(ood, ["nll", rose]).set_index("method")["auroc"]
         c1, c2 = st.columns(2)
-        auc_nll = ac.metrics_view(b, ood, ["nll"])
-        auc_rose = ac.metrics_view(b, ood, [rose])
-        c1.plotly_chart(ac.histogram_pair(a_nll, o_nll, ac.dataset_label(ind), ac.dataset_label(ood),
-                                          f"NLL (AUROC {auc_nll['auroc'].iloc[0]:.3f})", "NLL (nats)"),
-                        key="home_nll")
-        c2.plotly_chart(ac.histogram_pair(a_rose, o_rose, ac.dataset_label(ind), ac.dataset_label(ood),
-                                          f"{ac.method_label(rose)} (AUROC {auc_rose['auroc'].iloc[0]:.3f})",
-                                          "ROSE score (higher = more OOD)"), key="home_rose")
-        st.caption(f"{ac.dataset_label(ind)} (in-distribution) vs {ac.dataset_label(ood)} under `{name}`, "
+        c1.plotly_chart(charts.histogram_pair(a_nll, o_nll, dataset_label(ind), dataset_label(ood),
+                                              f"NLL (AUROC {auc['nll']:.3f})", "NLL (nats)"), key="home_nll")
+        c2.plotly_chart(charts.histogram_pair(a_rose, o_rose, dataset_label(ind), dataset_label(ood),
+                                              f"{method_label(rose)} (AUROC {auc[rose]:.3f})",
+                                              "ROSE score (higher = more OOD)"), key="home_rose")
+        st.caption(f"{dataset_label(ind)} (in-distribution) vs {dataset_label(ood)} under `{name}`, "
                    "from the results bundle. Left: the OOD images get *lower* NLL, so the likelihood ranks them "
                    "as more typical. Right: ROSE puts them far above the in-distribution scores.")
 
     st.subheader("Datasets on this machine")
-    table = ac.datasets_table(str(ac.data_dir()))
+    table = state.datasets_table(str(data_dir()))
     st.dataframe(table[["dataset", "title", "real data", "stands in for", "available here", "how to get it"]],
                  hide_index=True, column_config={
                      "real data": st.column_config.CheckboxColumn(help="False: an offline stand-in or generated data"),
@@ -106,5 +105,5 @@ scores gives a p-value.
                "`make data`.")
 
 
-ac.page_setup("Home")
+ui.page_setup("Home")
 home()

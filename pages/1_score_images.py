@@ -7,17 +7,22 @@ import math
 import numpy as np
 import streamlit as st
 
-import app_common as ac
+from rose_core import charts
 from rose_core.errors import RoseError
 from rose_core.imageio import InvalidImage, decode_image
+from rose_core.labels import dataset_label, method_label
+from studio import state
+from studio import widgets as ui
+from studio.format import upscale
+from studio.paths import data_dir
 
 MAX_CARDS = 24
 
-name, card = ac.open_page("Score images")
+name, card = ui.open_page("Score images")
 
 c1, c2 = st.columns([2, 1])
 source = c1.radio("Images from", ["Upload files", "Dataset samples"], horizontal=True, key="score_source")
-fisher = c2.radio("Fisher approximation", ac.fisher_order(name), format_func=str.upper, horizontal=True,
+fisher = c2.radio("Fisher approximation", state.fisher_order(name), format_func=str.upper, horizontal=True,
                   key=f"score_fisher_{name}", help="EKFAC or the cheaper diagonal Fisher (DIAG); the first option "
                                                    "is the paper's choice for this model.")
 tpr = st.slider("In-distribution true-positive rate of the threshold", 0.80, 0.99, 0.95, 0.01, format="%.2f",
@@ -40,20 +45,20 @@ if source == "Upload files":
         images.append(decoded.array)
         names.append(decoded.name)
 else:
-    available = ac.available_datasets()
+    available = state.available_datasets()
     if not available:
         st.error("No dataset is available on this machine; build the caches with `make data`.")
         st.stop()
     default = "mnist" if "mnist" in available else available[0]
     d1, d2, d3 = st.columns([2, 1, 1])
     ds = d1.selectbox("Dataset (test split)", available, index=available.index(default), key="score_dataset",
-                      format_func=ac.dataset_label)
+                      format_func=dataset_label)
     n = d2.number_input("How many", 1, 32, 6, key="score_n")
     seed = d3.number_input("Seed", 0, 10_000, 0, key="score_seed")
     try:
         from rose_core.data import load_dataset
 
-        samples = load_dataset(ds, "test", n=int(n), seed=int(seed), root=ac.data_dir())
+        samples = load_dataset(ds, "test", n=int(n), seed=int(seed), root=data_dir())
     except RoseError as exc:
         st.error(f"{ds} cannot be loaded: {exc}")
         st.stop()
@@ -64,17 +69,17 @@ if not images:
     st.info("Upload one or more images, or switch to dataset samples, to score them.")
     st.stop()
 
-live = ac.live_scorer(name, fisher)
+live = state.live_scorer(name, fisher)
 if live is None:
     st.stop()
 
-key = ("score", name, fisher, id(live), ac.digest(*names, *images))
-result = ac.computed(key, lambda progress: live.score(images, names, progress=progress),
+key = ("score", state.live_key(name, fisher), state.digest(*names, *images))
+result = state.computed(key, lambda progress: live.score(images, names, progress=progress),
                      f"Scoring {len(images)} image(s) with {name}")
 threshold = live.threshold(tpr)
 verdicts = result.is_ood(threshold)
 
-st.markdown(f"**Threshold** {threshold:.3f} on the {ac.method_label(live.method)} score: it keeps {tpr:.0%} of "
+st.markdown(f"**Threshold** {threshold:.3f} on the {method_label(live.method)} score: it keeps {tpr:.0%} of "
             f"{live.calibration_source} below it. **p-value** = rank of the score among those in-distribution "
             f"scores (small = unusual). NLL: {result.nll_kind}.")
 for msg in live.messages:
@@ -101,7 +106,7 @@ flat = live.rose.p == math.inf and live.rose.aggregation == "relu" and np.all(np
 for i in range(min(len(result), MAX_CARDS)):
     with st.container(border=True):
         left, mid, right = st.columns([1, 1.3, 3])
-        left.image(ac.upscale(result.inputs[i]), caption=f"model input {result.inputs.shape[1]}×{result.inputs.shape[2]}")
+        left.image(upscale(result.inputs[i]), caption=f"model input {result.inputs.shape[1]}×{result.inputs.shape[2]}")
         verdict = ":red[**OOD**]" if verdicts[i] else ":green[**in-distribution**]"
         nll_p = result.nll_p_value[i]
         mid.markdown(f"**{result.names[i]}**  \n{verdict}  \n"
@@ -109,5 +114,5 @@ for i in range(min(len(result), MAX_CARDS)):
                      f"p-value **{result.p_value[i]:.4f}**  \n"
                      f"NLL **{result.nll_nats[i]:.1f}** nats = **{result.bits_per_dim[i]:.3f}** bits/dim"
                      + ("" if np.isnan(nll_p) else f"  \nNLL p-value {nll_p:.3f}"))
-        right.plotly_chart(ac.zscore_figure(result.layer_names, result.layer_z[i], threshold if flat else None,
+        right.plotly_chart(charts.zscore_figure(result.layer_names, result.layer_z[i], threshold if flat else None,
                                             "per-layer z-scores"), key=f"z_{i}")

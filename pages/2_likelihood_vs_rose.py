@@ -6,54 +6,53 @@ import math
 
 import streamlit as st
 
-import app_common as ac
+from rose_core import charts
+from rose_core.labels import dataset_label, method_label
+from studio import state
+from studio import widgets as ui
 
-name, _ = ac.open_page("Likelihood vs ROSE")
-b = ac.require_bundle(name, ("scores",), "This page", ac.main_preset(name))
+name, card = ui.open_page("Likelihood vs ROSE")
+b = ui.require_bundle(name, ("scores",), "This page", state.main_preset(name))
 if b is None:
     st.stop()
 
 methods = b.methods()
-roses = [f"rose-{f}" for f in ac.fisher_order(name) if f"rose-{f}" in methods]
+roses = [f"rose-{f}" for f in state.fisher_order(name) if f"rose-{f}" in methods]
 ood_sets = b.ood_sets()
 if "nll" not in methods or not roses or not ood_sets:
-    ac.missing_bundle_message(name, "The NLL and ROSE histograms (they need the `nll` and ROSE methods)",
-                              ac.main_preset(name))
+    ui.missing_bundle_message(name, "The NLL and ROSE histograms (they need the `nll` and ROSE methods)",
+                              state.main_preset(name))
     st.stop()
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
 ood = c1.selectbox("OOD set", ood_sets, index=ood_sets.index("mnist") if "mnist" in ood_sets else 0,
-                   format_func=ac.dataset_label, key="lvr_ood")
-rose = c2.radio("ROSE Fisher", roses, format_func=ac.method_label, key="lvr_rose")
+                   format_func=dataset_label, key="lvr_ood")
+rose = c2.radio("ROSE Fisher", roses, format_func=method_label, key="lvr_rose")
 unit = c3.radio("NLL unit", ["nats", "bits/dim"], horizontal=True, key="lvr_unit")
 bins = c4.slider("Bins", 10, 120, 50, 5, key="lvr_bins")
 
-scores = b.table("scores")
 ind = b.in_dist()
-a_nll, o_nll = ac.split_scores(scores, "nll", ood, column="nll_nats")
-if len(a_nll) == 0:  # the nll method's score is the NLL in nats
-    a_nll, o_nll = ac.split_scores(scores, "nll", ood)
-a_rose, o_rose = ac.split_scores(scores, rose, ood)
+a_nll, o_nll = b.nll_split(ood)
+a_rose, o_rose = b.split(rose, ood)
 if min(len(a_nll), len(o_nll), len(a_rose), len(o_rose)) == 0:
-    st.warning(f"The bundle has no NLL or {ac.method_label(rose)} scores for {ac.dataset_label(ood)}.")
+    st.warning(f"The bundle has no NLL or {method_label(rose)} scores for {dataset_label(ood)}.")
     st.stop()
 if unit == "bits/dim":
-    manifest_card = b.manifest.get("checkpoint") if isinstance(b.manifest.get("checkpoint"), dict) else {}
-    cfg = (manifest_card or {}).get("config") or ac.model_cards(str(ac.checkpoints_dir()))[name]["config"]
+    cfg = b.checkpoint_card().get("config") or card.get("config") or {}
     dims = cfg.get("channels", 1) * cfg.get("image_size", 32) ** 2
     a_nll, o_nll = a_nll / (dims * math.log(2)), o_nll / (dims * math.log(2))
     x_nll = "NLL (bits per dimension)"
 else:
     x_nll = "NLL (nats)"
 
-table = ac.metrics_view(b, ood, ["nll", rose]).set_index("method")
+table = b.metrics_view(ood, ["nll", rose]).set_index("method")
 left, right = st.columns(2)
-left.plotly_chart(ac.histogram_pair(a_nll, o_nll, ac.dataset_label(ind), ac.dataset_label(ood),
-                                    f"Negative log-likelihood — AUROC {table.loc['nll', 'auroc']:.3f}", x_nll, bins),
-                  key="lvr_nll_chart")
-right.plotly_chart(ac.histogram_pair(a_rose, o_rose, ac.dataset_label(ind), ac.dataset_label(ood),
-                                     f"{ac.method_label(rose)} — AUROC {table.loc[rose, 'auroc']:.3f}",
-                                     "ROSE score (higher = more OOD)", bins), key="lvr_rose_chart")
-st.caption(f"In-distribution: {ac.dataset_label(ind)} ({len(a_rose)} test images); OOD: {ac.dataset_label(ood)} "
+left.plotly_chart(charts.histogram_pair(a_nll, o_nll, dataset_label(ind), dataset_label(ood),
+                                        f"Negative log-likelihood — AUROC {table.loc['nll', 'auroc']:.3f}", x_nll,
+                                        bins), key="lvr_nll_chart")
+right.plotly_chart(charts.histogram_pair(a_rose, o_rose, dataset_label(ind), dataset_label(ood),
+                                         f"{method_label(rose)} — AUROC {table.loc[rose, 'auroc']:.3f}",
+                                         "ROSE score (higher = more OOD)", bins), key="lvr_rose_chart")
+st.caption(f"In-distribution: {dataset_label(ind)} ({len(a_rose)} test images); OOD: {dataset_label(ood)} "
            f"({len(o_rose)} images). AUROC with OOD as the positive class: below 0.5 means the score ranks the OOD "
            "images as *more* in-distribution than the real ones — the likelihood's failure the paper starts from.")

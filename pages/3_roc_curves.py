@@ -4,36 +4,39 @@ from __future__ import annotations
 
 import streamlit as st
 
-import app_common as ac
+from rose_core import charts
+from rose_core.labels import dataset_label, method_label
+from studio import state
+from studio import widgets as ui
 
-name, _ = ac.open_page("ROC curves")
-b = ac.require_bundle(name, ("scores",), "This page", ac.main_preset(name))
+name, _ = ui.open_page("ROC curves")
+b = ui.require_bundle(name, ("scores",), "This page", state.main_preset(name))
 if b is None:
     st.stop()
 
 ood_sets, methods = b.ood_sets(), b.methods()
 if not ood_sets or not methods:
-    ac.missing_bundle_message(name, "The ROC curves", ac.main_preset(name))
+    ui.missing_bundle_message(name, "The ROC curves", state.main_preset(name))
     st.stop()
 c1, c2 = st.columns([1, 3])
 ood = c1.selectbox("OOD set", ood_sets, index=ood_sets.index("mnist") if "mnist" in ood_sets else 0,
-                   format_func=ac.dataset_label, key="roc_ood")
+                   format_func=dataset_label, key="roc_ood")
 chosen = c2.multiselect("Methods", methods, default=[m for m in methods if ":" not in m] or methods,
-                        format_func=ac.method_label, key="roc_methods",
+                        format_func=method_label, key="roc_methods",
                         help="The harness's variants (e.g. other settings) are listed too, unselected.")
 if not chosen:
     st.info("Pick at least one method.")
     st.stop()
 
-curves = ac.roc_curves(b.table("scores"), chosen, ood)
+curves = charts.roc_curves(b.roc_inputs(chosen, ood))
 if not curves:
-    st.warning(f"The bundle has no scores of these methods for {ac.dataset_label(ood)}.")
+    st.warning(f"The bundle has no scores of these methods for {dataset_label(ood)}.")
     st.stop()
-st.plotly_chart(ac.roc_figure(curves, f"{ac.dataset_label(b.in_dist())} (in) vs {ac.dataset_label(ood)} (OOD)"),
+st.plotly_chart(charts.roc_figure(curves, f"{dataset_label(b.in_dist())} (in) vs {dataset_label(ood)} (OOD)"),
                 key="roc_chart")
 
-table = ac.metrics_view(b, ood, chosen)
-table.insert(0, "Method", table.pop("method").map(ac.method_label))
+table = b.metrics_view(ood, chosen)
+table.insert(0, "Method", table.pop("method").map(method_label))
 st.dataframe(table.rename(columns={"auroc": "AUROC", "auprc_in": "AUPRC (in)", "auprc_out": "AUPRC (out)",
                                    "fpr80": "FPR80", "n_in": "n in", "n_ood": "n OOD", "source": "source"}),
              hide_index=True, key="roc_table",

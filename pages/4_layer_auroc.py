@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import streamlit as st
 
-import app_common as ac
+from rose_core import charts
+from rose_core.labels import dataset_label, stand_in_note
+from studio import state
+from studio import widgets as ui
 
-name, _ = ac.open_page("Layer-wise AUROC")
-b = ac.bundle(name)
+name, _ = ui.open_page("Layer-wise AUROC")
+b = state.bundle(name)
 if not b.exists or not (b.has("layer_metrics") or b.has("layers")):
-    ac.missing_bundle_message(name, "The layer-wise heatmap", "layerwise")
+    ui.missing_bundle_message(name, "The layer-wise heatmap", "layerwise")
     st.stop()
 
-available = ac.fisher_order(name, set(b.table("layer_metrics")["fisher"]) | set(b.table("layers")["fisher"]))
+available = state.fisher_order(name, b.fishers())
 fisher = st.radio("Fisher approximation", available, format_func=str.upper, horizontal=True, key="layer_fisher")
-pivot = ac.layer_auroc_view(b, fisher)
+pivot = b.layer_auroc(fisher)
 if pivot.empty:
     st.warning(f"No layer-wise results for {fisher.upper()} in the bundle.")
     st.stop()
-st.plotly_chart(ac.heatmap_figure(pivot, f"AUROC of each layer's score s_l alone — {fisher.upper()} Fisher"),
+st.plotly_chart(charts.heatmap_figure(pivot, f"AUROC of each layer's score s_l alone — {fisher.upper()} Fisher"),
                 key="layer_heatmap")
 best = pivot.idxmax(axis=0)
 st.markdown("**Best single layer per OOD set:** " + ", ".join(
-    f"{ac.dataset_label(c)}: `{best[c]}` ({pivot.loc[best[c], c]:.3f})" for c in pivot.columns if best.notna()[c]))
-note = ac.stand_in_note(pivot.columns)
+    f"{dataset_label(c)}: `{best[c]}` ({pivot.loc[best[c], c]:.3f})" for c in pivot.columns if best.notna()[c]))
+note = stand_in_note(pivot.columns)
 if note:
     st.caption(f"Offline stand-ins and samples (not the paper's data): {note}.")
 st.caption("Rows are the layers ROSE scores (for the VAE, the encoder convolutions and the μ / log σ² heads; for "

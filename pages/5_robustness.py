@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import streamlit as st
 
-import app_common as ac
+from rose_core import charts
 from rose_core.errors import RoseError
+from rose_core.labels import PERTURBATION_LABELS, dataset_label, dataset_short, method_label
+from rose_core.results import method_order
+from studio import state
+from studio import widgets as ui
+from studio.format import best_styled, upscale
+from studio.paths import data_dir, env_int, evaluate_command
 
-name, card = ac.open_page("Robustness")
-b = ac.bundle(name)
+name, card = ui.open_page("Robustness")
+b = state.bundle(name)
 
 # --- 1. brightness, live ------------------------------------------------------------------
 st.subheader("Brightness of the OOD images")
-available = ac.available_datasets()
+available = state.available_datasets()
 in_dist = card.get("dataset")
 candidates = [d for d in available if d != in_dist]
 if not candidates:
@@ -21,7 +27,7 @@ if not candidates:
 else:
     c1, c2, c3 = st.columns([1, 2, 1])
     ood = c1.selectbox("OOD set", candidates, index=candidates.index("mnist") if "mnist" in candidates else 0,
-                       format_func=ac.dataset_label, key="rob_ood")
+                       format_func=dataset_label, key="rob_ood")
     factor = c2.slider("Brightness factor (×)", 0.2, 1.8, 1.0, 0.2, format="%.1f×", key="rob_brightness",
                        help="Every OOD image's intensities are multiplied by this factor and clipped to 0–255; the "
                             "in-distribution images are left as they are (the paper's Table 1, steps of 0.2×).")
@@ -29,28 +35,28 @@ else:
     live_on = c3.toggle("Live ROSE + likelihood", value=True, key="rob_live",
                         help="Compute ROSE and the likelihood here on a small subset of test images "
                              "(cached per setting); the bundle's values are shown beside them.")
-    n = ac.env_int("ROSE_LIVE_N", 64)
+    n = env_int("ROSE_LIVE_N", 64)
     from rose_core.data import load_dataset
 
     try:
-        ood_images = load_dataset(ood, "test", n=n, seed=1, root=ac.data_dir()).images
+        ood_images = load_dataset(ood, "test", n=n, seed=1, root=data_dir()).images
     except RoseError as exc:
         st.error(f"{ood} cannot be loaded: {exc}")
         st.stop()
     values: dict[str, tuple[float, str]] = {}
-    at_point = ac.bundle_auroc_at(b, ood, "brightness", factor) if b.exists else {}
-    for method in ac.method_order(at_point):
-        values[ac.method_label(method)] = (at_point[method], "results bundle")
+    at_point = b.auroc_at(ood, "brightness", factor) if b.exists else {}
+    for method in method_order(at_point):
+        values[method_label(method)] = (at_point[method], "results bundle")
     perturbed = None
     if live_on:
-        live = ac.live_scorer(name, ac.default_fisher(name))
+        live = state.live_scorer(name, state.default_fisher(name))
         if live is not None:
-            key = ("brightness", name, id(live), ood, round(factor, 3), n)
-            out = ac.computed(key, lambda progress: live.perturbed_auroc(ood_images, "brightness", factor, n_ref=n,
+            key = ("brightness", state.live_key(name, live.fisher), ood, round(factor, 3), n)
+            out = state.computed(key, lambda progress: live.perturbed_auroc(ood_images, "brightness", factor, n_ref=n,
                                                                          progress=progress),
                               f"Scoring {n} + {n} images at {factor:.1f}× brightness")
             perturbed = out["perturbed"]
-            values[f"{ac.method_label(live.method)} (live)"] = (out["auroc"][live.method],
+            values[f"{method_label(live.method)} (live)"] = (out["auroc"][live.method],
                                                                  f"live, {out['n_in']} in vs {out['n_ood']} OOD")
             values[f"likelihood (live, {live.loss_kind})"] = (out["auroc"]["nll"],
                                                               f"live, {out['n_in']} in vs {out['n_ood']} OOD")
@@ -64,33 +70,33 @@ else:
         small = prepare_images(ood_images[:8], 32)
         t = perturb.brightness(torch.from_numpy(np.ascontiguousarray(small)).permute(0, 3, 1, 2), factor)
         perturbed = t.permute(0, 2, 3, 1).numpy()
-    st.image([ac.upscale(im, 96) for im in perturbed[:8]], caption=[f"{factor:.1f}×"] * min(8, len(perturbed)))
+    st.image([upscale(im, 96) for im in perturbed[:8]], caption=[f"{factor:.1f}×"] * min(8, len(perturbed)))
     if values:
-        st.plotly_chart(ac.auroc_bars(values, f"AUROC at {factor:.1f}× brightness of {ac.dataset_label(ood)}"),
+        st.plotly_chart(charts.auroc_bars(values, f"AUROC at {factor:.1f}× brightness of {dataset_label(ood)}"),
                         key="rob_live_chart")
     else:
         st.info("Turn on the live computation, or compute the bundle's brightness sweep with "
-                f"`{ac.evaluate_command(name, 'brightness')}`.")
+                f"`{evaluate_command(name, 'brightness')}`.")
 
 # --- 2. sweeps from the bundle ------------------------------------------------------------
 st.subheader("Perturbation sweeps (Table 1)")
-sweeps = [p for p in ac.PERTURBATION_LABELS if p in set(b.table("metrics")["perturbation"])] if b.exists else []
+sweeps = [p for p in PERTURBATION_LABELS if p in set(b.table("metrics")["perturbation"])] if b.exists else []
 if not sweeps:
-    ac.missing_bundle_message(name, "The sweeps", "brightness")
+    ui.missing_bundle_message(name, "The sweeps", "brightness")
 else:
     s1, s2 = st.columns(2)
-    pert = s1.selectbox("Perturbation of the OOD images", sweeps, format_func=lambda p: ac.PERTURBATION_LABELS[p][0],
+    pert = s1.selectbox("Perturbation of the OOD images", sweeps, format_func=lambda p: PERTURBATION_LABELS[p][0],
                         key="rob_sweep")
     m = b.table("metrics")
     sets = sorted(m.loc[m["perturbation"] == pert, "ood_set"].unique())
-    sweep_set = s2.selectbox("OOD set", sets, format_func=ac.dataset_label, key="rob_sweep_set",
+    sweep_set = s2.selectbox("OOD set", sets, format_func=dataset_label, key="rob_sweep_set",
                              index=sets.index("mnist") if "mnist" in sets else 0)
-    curve, summary = ac.sweep_view(b, pert, sweep_set)
-    label, unit = ac.PERTURBATION_LABELS[pert]
-    st.plotly_chart(ac.sweep_figure(curve, pert, f"AUROC vs {label.lower()} of {ac.dataset_label(sweep_set)}",
+    curve, summary = b.sweep(pert, sweep_set)
+    label, unit = PERTURBATION_LABELS[pert]
+    st.plotly_chart(charts.sweep_figure(curve, pert, f"AUROC vs {label.lower()} of {dataset_label(sweep_set)}",
                                     mark=factor if pert == "brightness" and candidates else None),
                     key="rob_sweep_chart")
-    st.dataframe(summary.assign(method=summary["method"].astype(str).map(ac.method_label)).rename(
+    st.dataframe(summary.assign(method=summary["method"].astype(str).map(method_label)).rename(
         columns={"mean": "mean AUROC", "std": "std of AUROC", "n_strengths": "settings"}), hide_index=True,
         key="rob_summary", column_config={"mean AUROC": st.column_config.NumberColumn(format="%.3f"),
                                           "std of AUROC": st.column_config.NumberColumn(format="%.3f")})
@@ -99,12 +105,12 @@ else:
 
 # --- 3. outlier exposure trained with each perturbation ------------------------------------
 st.subheader("Outlier exposure trained with SVD / DCT / Gaussian blur / Random (Tables 10, 11)")
-variants = ac.exposure_variants_view(b) if b.exists else None
+variants = b.exposure_variants() if b.exists else None
 if variants is None or variants.empty:
-    ac.missing_bundle_message(name, "The perturbation-trained baselines", "perturbations")
+    ui.missing_bundle_message(name, "The perturbation-trained baselines", "perturbations")
 else:
-    shown = variants.rename(index=ac.method_label, columns=ac.dataset_short)
-    st.dataframe(ac.best_styled(shown), key="rob_variants")
+    shown = variants.rename(index=method_label, columns=dataset_short)
+    st.dataframe(best_styled(shown), key="rob_variants")
     st.caption("AUROC of RND and the Likelihood Ratio when their perturbation is SVD blur, DCT blur, Gaussian "
                "blur or random pixels: which perturbation works depends on the OOD set — the paper's argument "
                "against outlier exposure. Green = best in each column. ROSE needs no perturbation.")
@@ -113,11 +119,11 @@ else:
 st.subheader("AUROC vs number of Fisher samples (Figure 5)")
 fs = b.table("fisher_samples") if b.exists else None
 if fs is None or len(fs) == 0:
-    ac.missing_bundle_message(name, "Figure 5", "fisher-samples")
+    ui.missing_bundle_message(name, "Figure 5", "fisher-samples")
 else:
     sets = sorted(fs["ood_set"].unique(), key=lambda s: s != "overall")
-    fs_set = st.selectbox("OOD set", sets, format_func=ac.dataset_label, key="rob_fs_set")
-    st.plotly_chart(ac.fisher_samples_figure(fs[fs["ood_set"] == fs_set],
-                                             f"ROSE AUROC on {ac.dataset_label(fs_set)} vs Fisher sample size"),
+    fs_set = st.selectbox("OOD set", sets, format_func=dataset_label, key="rob_fs_set")
+    st.plotly_chart(charts.fisher_samples_figure(fs[fs["ood_set"] == fs_set],
+                                             f"ROSE AUROC on {dataset_label(fs_set)} vs Fisher sample size"),
                     key="rob_fs_chart")
     st.caption("Each box: the repeats with different random in-distribution samples for the Fisher fit.")

@@ -4,43 +4,47 @@ from __future__ import annotations
 
 import streamlit as st
 
-import app_common as ac
+from rose_core import charts
+from rose_core.labels import METRIC_LABELS, dataset_label, dataset_short, method_label, stand_in_note
+from studio import state
+from studio import widgets as ui
+from studio.format import best_styled, rate_text
 
-name, _ = ac.open_page("Methods")
-b = ac.require_bundle(name, ("metrics",), "This page", ac.main_preset(name))
+name, _ = ui.open_page("Methods")
+b = ui.require_bundle(name, ("metrics",), "This page", state.main_preset(name))
 if b is None:
     st.stop()
 
-metric = st.radio("Metric", ["auroc", "auprc_in", "fpr80"], format_func=ac.METRIC_LABELS.get, horizontal=True,
+metric = st.radio("Metric", ["auroc", "auprc_in", "fpr80"], format_func=METRIC_LABELS.get, horizontal=True,
                   key="methods_metric")
-table = ac.comparison_view(b, metric)
+table = b.comparison(metric)
 if table.empty:
-    ac.missing_bundle_message(name, "The comparison table", ac.main_preset(name))
+    ui.missing_bundle_message(name, "The comparison table", state.main_preset(name))
     st.stop()
-shown = table.rename(index=ac.method_label, columns=ac.dataset_short)
+shown = table.rename(index=method_label, columns=dataset_short)
 lower_better = metric.startswith("fpr")
-st.subheader(f"{ac.METRIC_LABELS[metric]} per OOD set")
-st.dataframe(ac.best_styled(shown, lower_better), key="methods_table")
-note = ac.stand_in_note(table.columns)
-st.caption(f"In-distribution: {ac.dataset_label(b.in_dist())}. Green = best in each column "
+st.subheader(f"{METRIC_LABELS[metric]} per OOD set")
+st.dataframe(best_styled(shown, lower_better), key="methods_table")
+note = stand_in_note(table.columns)
+st.caption(f"In-distribution: {dataset_label(b.in_dist())}. Green = best in each column "
            f"({'lower' if lower_better else 'higher'} is better). Overall = up to 1000 images of each OOD set, "
            "pooled (section 5.1). "
            + (f"Offline stand-ins and samples (not the paper's data): {note}." if note else ""))
 
 st.subheader("Throughput vs Overall AUROC")
-tv = ac.throughput_view(b)
+tv = b.throughput_view()
 if tv.empty or tv["overall_auroc"].isna().all():
-    ac.missing_bundle_message(name, "The throughput chart (Figure 4)", "throughput")
+    ui.missing_bundle_message(name, "The throughput chart (Figure 4)", "throughput")
 else:
     device = ", ".join(sorted(set(tv["device"].astype(str))))
-    st.plotly_chart(ac.throughput_figure(tv, f"Images per second vs Overall AUROC (measured on {device})"),
+    st.plotly_chart(charts.throughput_figure(tv, f"Images per second vs Overall AUROC (measured on {device})"),
                     key="methods_throughput")
-    st.dataframe(tv.assign(method=tv["method"].astype(str).map(ac.method_label),
-                           images_per_s=tv["images_per_s"].map(ac.rate_text)).rename(
+    st.dataframe(tv.assign(method=tv["method"].astype(str).map(method_label),
+                           images_per_s=tv["images_per_s"].map(rate_text)).rename(
         columns={"images_per_s": "images/s", "overall_auroc": "Overall AUROC"}), hide_index=True,
         key="methods_throughput_table",
         column_config={"Overall AUROC": st.column_config.NumberColumn(format="%.3f")})
-    missing = tv.loc[tv["overall_auroc"].isna(), "method"].astype(str).map(ac.method_label).tolist()
+    missing = tv.loc[tv["overall_auroc"].isna(), "method"].astype(str).map(method_label).tolist()
     if missing:
         st.caption(f"Not in the chart (no Overall AUROC in the bundle, e.g. scored on some OOD sets only): "
                    f"{', '.join(missing)}.")

@@ -1,0 +1,30 @@
+"""Formatting for display: styled tables, rates, enlarged images (no Streamlit)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def best_styled(table: pd.DataFrame, lower_better: bool = False, digits: int = 3):
+    """A Styler of ``table`` shown as text with "—" for missing values (Streamlit would print None)
+    and the best value of each column in green."""
+    num = table.astype(float)
+    best = num.eq(num.min() if lower_better else num.max()) & num.notna()
+    text = num.map(lambda v: "—" if pd.isna(v) else f"{v:.{digits}f}")
+    return text.style.apply(lambda _: np.where(best.to_numpy(), "background-color: #c7e9c0", ""), axis=None)
+
+
+def rate_text(v: float | None) -> str:
+    """Images per second with sensible digits: 1414, 19.3, 0.0173."""
+    if v is None or not np.isfinite(v):
+        return "—"
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.3g}"
+
+
+def upscale(image: np.ndarray, size: int = 128) -> np.ndarray:
+    """Nearest-neighbour enlargement of a small uint8 (H, W, C) image for display."""
+    from PIL import Image
+
+    a = image[..., 0] if image.shape[-1] == 1 else image
+    return np.asarray(Image.fromarray(a).resize((size, size), Image.NEAREST))

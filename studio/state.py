@@ -1,0 +1,240 @@
+"""What the app keeps between reruns and sessions.
+
+- model cards and dataset availability (``st.cache_data``, short TTL: new files appear);
+- results bundles: one lenient :class:`rose_core.results.Results` per version of the bundle's files,
+  shared by all sessions (a damaged table reads as empty, with a warning saying how to recompute it);
+- long computations (:func:`computed`): run once per key for the whole server, with a progress bar;
+- the live scorer of a checkpoint, kept under :func:`live_key`: the checkpoint's name, the SHA-256 of
+  its weights and of the ROSE fit it loads, and the bundle files it calibrates on. Results computed
+  with a scorer are keyed on that too, never on ``id()`` (Python reuses ids of freed objects).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from rose_core.checkpoint import list_checkpoints, read_card, weights_path
+from rose_core.errors import RoseError
+from rose_core.results import Results
+from studio.paths import checkpoints_dir, data_dir, env_int, results_dir
+
+MAX_STORED = 256
+"""Most results of long computations kept (live scorers excluded)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+@st.cache_data(ttl=15, show_spinner=False)
+def model_cards(folder: str) -> dict[str, dict]:
+    """Cards of the generative-model checkpoints (VAE, Glow) in ``folder``, by name."""
+    from rose_core.live import MODEL_KINDS, checkpoint_name
+
+    cards = {}
+    for p in list_checkpoints(folder):
+        try:
+            card = read_card(p)
+        except RoseError:
+            continue
+        if card.get("kind") in MODEL_KINDS:
+            cards[checkpoint_name(p)] = card
+    return cards
+
+
+def cards() -> dict[str, dict]:
+    return model_cards(str(checkpoints_dir()))
+
+
+def model_order(cards: dict[str, dict]) -> list[str]:
+    """Main models first (the likelihood ratio's background VAE last), those with a bundle first,
+    then the paper's main model kind (the VAE), then by name."""
+    def key(name: str):
+        return ("role" in cards[name], not Results.for_checkpoint(name, results_dir()).exists,
+                cards[name].get("kind") != "vae", name)
+    return sorted(cards, key=key)
+
+
+def model_kind(name: str) -> str | None:
+    return cards().get(name, {}).get("kind")
+
+
+def main_preset(name: str) -> str:
+    """The harness preset of the methods × OOD sets table for this model: table2 (VAE) or table5 (Glow)."""
+    return "table5" if model_kind(name) == "glow" else "table2"
+
+
+def default_fisher(name: str) -> str:
+    """The paper's Fisher approximation for the model: DIAG for Glow (its InvConv layers), EKFAC for the VAE."""
+    return "diag" if model_kind(name) == "glow" else "ekfac"
+
+
+def fisher_order(name: str, available=("ekfac", "diag")) -> list[str]:
+    first = default_fisher(name)
+    return sorted(available, key=lambda f: f != first)
+
+
+# --------------------------------------------------------------------------------------------
+# Results bundles
+# --------------------------------------------------------------------------------------------
+
+def signature(folder: Path) -> tuple:
+    """Name, mtime and size of every file in ``folder``: changes whenever the harness rewrites one."""
+    if not folder.exists():
+        return ()
+    return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()))
+
+
+class AppResults(Results):
+    """A lenient :class:`Results` that shows a warning for a table it cannot read."""
+
+    def table(self, name: str) -> pd.DataFrame:
+        frame = super().table(name)
+        if name in self.problems:
+            st.warning(self.problems[name])
+        return frame
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _bundle(folder: str, signature: tuple) -> AppResults:
+    return AppResults(Path(folder), strict=False)
+
+
+def bundle(name: str) -> AppResults:
+    """The results bundle of checkpoint ``name`` (shared, reloaded when its files change)."""
+    folder = results_dir() / name
+    return _bundle(str(folder), signature(folder))
+
+
+# --------------------------------------------------------------------------------------------
+# Long computations: shared across sessions, with a visible progress bar while they run
+# --------------------------------------------------------------------------------------------
+
+@st.cache_resource(show_spinner=False)
+def _store() -> dict:
+    """Process-wide results of long computations (cleared by Streamlit's "Clear cache")."""
+    return {"_lock": threading.Lock(), "_key_locks": {}}
+
+
+def computed(key: tuple, compute: Callable[[Callable[[float, str], None]], Any], label: str) -> Any:
+    """``compute(progress)`` once per ``key`` for the whole server, showing ``st.progress`` while it runs."""
+    store = _store()
+    if key in store:
+        return store[key]
+    with store["_lock"]:
+        done = [k for k in store if isinstance(k, tuple) and k[0] != "live"]
+        for old in done[: max(0, len(done) - MAX_STORED)]:  # oldest first (dicts keep insertion order)
+            store.pop(old, None)
+        lock = store["_key_locks"].setdefault(key, threading.Lock())
+    with lock:
+        if key in store:
+            return store[key]
+        bar = st.progress(0.0, text=label)
+        try:
+            value = compute(lambda f, m: bar.progress(min(max(float(f), 0.0), 1.0), text=f"{label} — {m}"))
+        finally:
+            bar.empty()
+        store[key] = value
+        return value
+
+
+def digest(*parts: bytes | str | np.ndarray) -> str:
+    """SHA-256 of strings, bytes and arrays (shape included)."""
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(str(p.shape).encode())
+            p = np.ascontiguousarray(p).tobytes()
+        h.update(p.encode() if isinstance(p, str) else p)
+    return h.hexdigest()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_hash(path: Path) -> str | None:
+    """SHA-256 of a file's content (computed once per mtime and size), or None when it is missing."""
+    try:
+        s = path.stat()
+    except OSError:
+        return None
+    return _file_sha256(str(path), s.st_mtime_ns, s.st_size)
+
+
+def live_key(name: str, fisher: str) -> tuple | None:
+    """The identity of the live scorer of ``name``: weights, ROSE fit and calibration inputs, by content
+    (None when the checkpoint is missing). Equal keys give equal scores."""
+    card = checkpoints_dir() / f"{name}.json"
+    weights = file_hash(weights_path(card))
+    if weights is None or not card.exists():
+        return None
+    bundle_folder = results_dir() / name
+    fit = file_hash(bundle_folder / "fits" / f"rose-{fisher}.json")
+    fit_weights = file_hash(bundle_folder / "fits" / f"rose-{fisher}.safetensors")
+    calibration = file_hash(bundle_folder / "scores.parquet")
+    return ("live", name, fisher, weights, fit, fit_weights, calibration, str(results_dir()), str(data_dir()),
+            env_int("ROSE_LIVE_FIT_N", 1000))
+
+
+def live_scorer(name: str, fisher: str = "ekfac"):
+    """The :class:`rose_core.live.LiveScorer` of a checkpoint (loaded, fitted or read from the bundle once
+    per server and :func:`live_key`), or None after showing what is missing and how to get it."""
+    from rose_core.live import LiveScorer
+
+    path = checkpoints_dir() / f"{name}.json"
+    key = live_key(name, fisher)
+    if key is None:
+        st.error(f"The checkpoint `{path}` is missing. Restore the shipped checkpoints with "
+                 "`git checkout -- checkpoints`, or train one with `python -m rose_core train --help`.")
+        return None
+    store = _store()
+    for old in [k for k in store if isinstance(k, tuple) and k[:3] == key[:3] and k != key]:
+        store.pop(old, None)  # an outdated scorer of this model (new weights, fit or bundle): free its memory
+    try:
+        return computed(key, lambda progress: LiveScorer(path, fisher, results=results_dir(), data_root=data_dir(),
+                                                         fit_n=key[-1], progress=progress),
+                        f"Preparing ROSE-{fisher.upper()} for {name}")
+    except RoseError as exc:
+        st.error(f"ROSE cannot be prepared for `{name}`: {exc}")
+        if "dataset" in str(exc).lower():
+            st.info("Build the dataset caches with `make data` (or `python -m rose_core data --all`).")
+        return None
+    except (OSError, RuntimeError, ValueError) as exc:  # e.g. a model that diverged to NaN during the fit
+        st.error(f"ROSE cannot be prepared for `{name}` ({type(exc).__name__}: {exc}). Check the checkpoint with "
+                 f"`python -m rose_core datasets` and the logs; the other pages still work.")
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+
+@st.cache_data(ttl=60, show_spinner=False)
+def datasets_table(data_root: str) -> pd.DataFrame:
+    from rose_core.data import dataset_names, get_card, is_available
+
+    rows = []
+    for n in dataset_names():
+        c = get_card(n)
+        rows.append({"dataset": n, "title": c.title, "real data": c.real,
+                     "stands in for": c.stands_in_for or "", "available here": is_available(n, "test", data_root),
+                     "source": c.source, "how to get it": c.how_to_get})
+    return pd.DataFrame(rows)
+
+
+def available_datasets(data_root: str | None = None) -> list[str]:
+    t = datasets_table(str(data_root or data_dir()))
+    return list(t.loc[t["available here"], "dataset"])

@@ -1,0 +1,176 @@
+"""The furniture every page shares: page setup and sidebar, the model picker, messages for a
+missing results bundle and the button that computes it here."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from rose_core.errors import RoseError
+from studio import state
+from studio.paths import checkpoints_dir, evaluate_command, results_dir
+
+PAGES = [  # (script relative to app.py, label, icon)
+    ("app.py", "Home", ":material/home:"),
+    ("pages/1_score_images.py", "Score images", ":material/image_search:"),
+    ("pages/2_likelihood_vs_rose.py", "Likelihood vs ROSE", ":material/bar_chart:"),
+    ("pages/3_roc_curves.py", "ROC curves", ":material/show_chart:"),
+    ("pages/4_layer_auroc.py", "Layer-wise AUROC", ":material/grid_on:"),
+    ("pages/5_robustness.py", "Robustness", ":material/contrast:"),
+    ("pages/6_methods.py", "Methods", ":material/balance:"),
+]
+INSTALL_HINT = "pip install -e '.[app]'  (or: pip install -r requirements.txt)"
+
+
+# --------------------------------------------------------------------------------------------
+# Page setup and the model picker
+# --------------------------------------------------------------------------------------------
+
+def page_setup(title: str) -> None:
+    """First call of every page: page config, and the shared sidebar (page links, model picker).
+
+    The app uses Streamlit's ``pages/`` folder; its default navigation is replaced by these links
+    (``client.showSidebarNavigation`` off, also set in ``.streamlit/config.toml``) so the labels
+    and icons are the same whichever page a visitor opens first.
+    """
+    st.set_page_config(page_title=f"{title} · ROSE Studio", page_icon=":material/local_florist:", layout="wide")
+    for option, value in (("client.showSidebarNavigation", False), ("client.toolbarMode", "minimal")):
+        try:
+            st.set_option(option, value)
+        except Exception:  # older or stricter runtimes: the config file still applies
+            pass
+    with st.sidebar:
+        st.markdown("### ROSE Studio")
+        for script, label, icon in PAGES:
+            st.page_link(script, label=label, icon=icon)
+        st.divider()
+    sidebar_model_picker()
+
+
+def _on_pick() -> None:
+    st.session_state["model_choice"] = st.session_state["model_picker"]
+
+
+def sidebar_model_picker() -> str | None:
+    """The model selectbox in the sidebar (the same on every page); returns the checkpoint name.
+
+    The choice lives in ``st.session_state["model_choice"]`` (a plain key, kept across pages)."""
+    cards = state.cards()
+    if not cards:
+        st.sidebar.error(f"No model checkpoints in `{checkpoints_dir()}`.")
+        return None
+    names = state.model_order(cards)
+    choice = st.session_state.get("model_choice")
+    choice = choice if choice in names else names[0]
+    st.session_state["model_choice"] = choice
+
+    def fmt(name: str) -> str:
+        c = cards[name]
+        role = f", {c['role']}" if c.get("role") else ""
+        return f"{name} ({c['kind'].upper()}, {c.get('dataset', '?')}{role})"
+
+    # the widget is created anew on each page (its id depends on the page), so its default is the choice
+    st.sidebar.selectbox("Model", names, index=names.index(choice), key="model_picker", format_func=fmt,
+                         on_change=_on_pick,
+                         help="Generative models in the checkpoints folder (the .json card and its "
+                              ".safetensors weights). The choice applies to every page.")
+    return choice
+
+
+def current_model() -> tuple[str, dict] | None:
+    """``(name, card)`` of the model picked in the sidebar, or None after explaining what is missing."""
+    cards = state.cards()
+    if not cards:
+        st.error(f"No model checkpoint found in `{checkpoints_dir()}`. The shipped checkpoints are "
+                 "`checkpoints/vae-fmnist` and `checkpoints/glow-fmnist` (from `git checkout -- checkpoints`); "
+                 "train one with `python -m rose_core train --help`.")
+        return None
+    name = st.session_state.get("model_choice")
+    if name not in cards:
+        name = state.model_order(cards)[0]
+    return name, cards[name]
+
+
+def open_page(title: str) -> tuple[str, dict]:
+    """The opening of every sub-page: page setup, title and the picked model's ``(name, card)``;
+    stops the page (after :func:`current_model` explained why) when no model can be picked."""
+    page_setup(title)
+    st.title(title)
+    picked = current_model()
+    if picked is None:
+        st.stop()
+    return picked
+
+
+# --------------------------------------------------------------------------------------------
+# A missing results bundle
+# --------------------------------------------------------------------------------------------
+
+def missing_bundle_message(name: str, what: str = "This page", preset: str | None = None) -> None:
+    """Say what is missing and how to compute it; with ``preset``, also offer to compute it here."""
+    st.info(f"{what}: not available yet — the results bundle `results/{name}/` has not been computed "
+            f"(or lacks this experiment). Compute it with\n\n"
+            f"```\n{evaluate_command(name, preset)}\n```\n"
+            "The shipped checkpoints come with their bundle committed; `git checkout -- results` restores it.")
+    if preset:
+        compute_button(name, preset)
+
+
+def require_bundle(name: str, tables: tuple[str, ...], what: str = "This page", preset: str | None = None):
+    """The bundle of ``name`` when it has ``tables``, else None after :func:`missing_bundle_message`."""
+    b = state.bundle(name)
+    if not b.exists or not all(b.has(t) for t in tables):
+        missing_bundle_message(name, what, preset)
+        return None
+    return b
+
+
+def _settings_for(name: str, preset: str):
+    """Evaluation settings: those of the bundle's manifest when there is one (so its cached units are
+    reused), else the harness's defaults for the model kind (as ``python -m rose_core evaluate``)."""
+    from dataclasses import fields
+
+    from rose_core.evaluation import EvalSettings
+
+    known = {f.name for f in fields(EvalSettings)}
+    saved = {k: v for k, v in (state.bundle(name).meta.get("settings") or {}).items() if k in known}
+    if preset in ("table2", "table5"):
+        saved.pop("methods", None)  # the full comparison: every method of the model kind
+    if "n_in" not in saved and state.model_kind(name) == "glow":
+        saved["n_in"] = 1000
+    return EvalSettings(**saved)
+
+
+def compute_button(name: str, preset: str) -> None:
+    """A button that runs the harness preset here, with a progress bar, then reloads the page.
+    Where the harness cannot be imported, says which module is missing and how to install it."""
+    try:
+        from rose_core.evaluation import PRESETS, run_preset
+    except ImportError as exc:
+        st.warning(f"Computing it here needs the evaluation harness, which cannot be imported: "
+                   f"{exc.name or 'a module'} is missing ({exc}). Install the project's dependencies with "
+                   f"`{INSTALL_HINT}`, or run the command above in a terminal where they are installed.",
+                   icon=":material/extension_off:")
+        return
+    if preset not in PRESETS:
+        st.warning(f"The harness has no preset `{preset}` (it has {', '.join(sorted(PRESETS))}); run the "
+                   "command above with one of those.")
+        return
+    if not st.button(f"Compute it here ({preset})", key=f"compute_{preset}",
+                     help=f"{PRESETS[preset]}. Runs the evaluation harness on this machine and writes "
+                          f"results/{name}/; on a CPU this can take many minutes. Keep the page open."):
+        return
+    bar = st.progress(0.0, text=f"Starting {preset} on {name}")
+
+    def progress(done: int, total: int, message: str) -> None:
+        bar.progress(min(max(done / total, 0.0), 1.0) if total else 0.0, text=f"{preset}: {message} ({done}/{total})")
+
+    try:
+        run_preset(preset, checkpoints_dir() / name, results=results_dir(), settings=_settings_for(name, preset),
+                   progress=progress, show_progress=False)
+    except (RoseError, ValueError, OSError, RuntimeError, KeyError) as exc:
+        bar.empty()
+        st.error(f"Computing {preset} failed: {exc}. Run `{evaluate_command(name, preset)}` in a terminal "
+                 "to see the full log.")
+        return
+    bar.empty()
+    st.rerun()
