@@ -232,6 +232,16 @@ class LayerFactors:
     def n(self) -> int:
         return self.raw_input.shape[0]
 
+    def without_cache(self) -> "LayerFactors":
+        """The same factors without the lazily computed ``h``/``delta`` (what a replay needs to keep)."""
+        return LayerFactors(self.name, self.module, self.raw_input, self.raw_grad, self.out_hw, self.offset)
+
+    @property
+    def raw_nbytes(self) -> int:
+        """Bytes of the raw input and output gradient this object holds."""
+        return self.raw_input.numel() * self.raw_input.element_size() + \
+            self.raw_grad.numel() * self.raw_grad.element_size()
+
     @property
     def shape(self) -> tuple[int, int]:
         """``(C, D)`` of the gradient matrix."""

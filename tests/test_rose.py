@@ -275,3 +275,94 @@ def test_model_mode_and_grads_untouched():
     s.score(_images(2))
     assert vae.training
     assert all(p.grad is None for p in vae.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# Well-posed fits (issue 11): float32, default damping, N below / at / above the factors' dimension
+# --------------------------------------------------------------------------------------------
+
+def _head_dim(scorer) -> int:
+    return max(d for c, d in scorer.fisher.layer_shapes().values())
+
+
+@pytest.mark.parametrize("n_fit, deficient", [(64, True), (320, False)])
+def test_rank_deficient_fit_warns_and_names_the_layer(n_fit, deficient):
+    import warnings
+
+    from rose_core.scorers.rose import RankDeficientFitWarning
+
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(base_width=2, latent_dim=3)).eval()      # heads: input dimension 2·4·16 = 128
+    x = torch.rand(n_fit + 8, 1, 32, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = RoseScorer(vae, batch_size=32).fit(x[:n_fit], calibration=x[n_fit:])
+    d = _head_dim(s)
+    assert d == 128
+    rank_warnings = [w for w in caught if issubclass(w.category, RankDeficientFitWarning)]
+    cond = s.fisher.conditioning()["mu_head"]
+    if deficient:   # N < D: A has rank N, the message names the layer, its dimension and the image count
+        assert cond["ranks"]["input factor A"] <= n_fit < d
+        assert rank_warnings and "'mu_head'" in str(rank_warnings[0].message)
+        assert f"dimension {d}" in str(rank_warnings[0].message) and f"{n_fit} image(s)" in str(rank_warnings[0].message)
+        assert any("mu_head" in p for p in s.fit_problems)
+    else:           # N > D (random images): full rank, no warning
+        assert cond["ranks"]["input factor A"] == d
+        assert not rank_warnings and s.fit_problems == []
+
+
+def test_fit_at_dimension_boundary_counts_rank_exactly():
+    torch.manual_seed(1)
+    vae = VAE(VAEConfig(base_width=2, latent_dim=3)).eval()
+    x = torch.rand(136, 1, 32, 32)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = RoseScorer(vae, batch_size=64).fit(x[:128], calibration=x[128:])   # N = D = 128
+    for name, cond in s.fisher.conditioning().items():
+        st = s.fisher.state[name]
+        for factor, key in (("input factor A", "A_sum"), ("output factor B", "B_sum")):
+            m = (st[key] / st["pos_count"]).numpy()
+            ev = np.linalg.eigvalsh(m)
+            tol = ev.max() * m.shape[0] * np.finfo(np.float32).eps
+            # the rank is numpy's matrix_rank convention at the float32 noise floor
+            assert cond["ranks"][factor] == np.linalg.matrix_rank(m, tol=tol), (name, factor)
+    # N = D: at most full rank; a warning exactly when some factor falls short
+    deficient = [n for n, c in s.fisher.conditioning().items() if any(c["ranks"][f] < d for f, d in c["dims"].items())]
+    assert s.fisher.conditioning()["mu_head"]["images"] == 128
+    assert bool(deficient) == any("rank" in str(w.message) for w in caught)
+    assert sorted(deficient) == sorted({p.split("'")[1] for p in s.fit_problems})
+
+
+def test_calibration_set_feeds_normalisation_and_keeps_losses():
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(base_width=2, latent_dim=3)).eval()
+    x, cal = torch.rand(40, 1, 32, 32), torch.rand(12, 1, 32, 32) * 0.5
+    s = RoseScorer(vae, batch_size=16).fit(x, calibration=cal)
+    assert s.calibrated and (s.n_fisher, s.n_norm) == (40, 12)
+    res = s.score(cal)
+    np.testing.assert_allclose(s.norm_layer_raw, res.extras["layer_raw"], rtol=1e-5)
+    np.testing.assert_allclose(s.norm_mean, res.extras["layer_raw"].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(s.calibration_loss, res.extras["loss"], rtol=1e-5)
+    np.testing.assert_allclose(s.calibration_scores, res.score, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="normalization='same'"):
+        RoseScorer(vae, normalization="same").fit(x, calibration=cal)
+
+
+def test_second_pass_replay_is_bit_identical_to_recomputation():
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(base_width=2, latent_dim=3)).eval()
+    x = torch.rand(30, 1, 32, 32)
+    a = RoseScorer(vae, batch_size=8).fit(x)
+    b = RoseScorer(vae, batch_size=8, replay_bytes=0).fit(x)
+    sa, sb = a.fisher.state_dict(), b.fisher.state_dict()
+    assert set(sa) == set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    np.testing.assert_array_equal(a.norm_layer_raw, b.norm_layer_raw)
+
+
+def test_scorer_never_moves_the_callers_model():
+    vae = VAE(VAEConfig(base_width=2, latent_dim=3))
+    with pytest.raises(ValueError, match="move it first"):
+        RoseScorer(vae, device="meta")
+    assert next(vae.parameters()).device.type == "cpu"

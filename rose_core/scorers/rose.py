@@ -133,6 +133,10 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     for p in model.parameters():
         return p.device, p.dtype
@@ -151,8 +155,9 @@ class RoseScorer(Scorer):
     (``"relu"|"max"``) as in :func:`aggregate`; ``normalization`` ``"separate"|"same"``;
     ``fit_fraction`` the share of in-distribution samples used for the Fisher when
     ``normalization="separate"``; ``damping`` relative damping; ``batch_size`` samples per
-    forward/backward pass; ``device`` (``None``: the model's device; otherwise the model is
-    moved there).
+    forward/backward pass; ``device`` (``None``: the model's device; otherwise the model must
+    already be there — the scorer never moves the caller's model); ``replay_bytes`` the memory
+    budget for replaying EKFAC's first-pass factors in its second pass (see :meth:`fit_sets`).
 
     ``score(x)`` returns :class:`ScoreResult` with ``score`` ``(N,)`` and extras
     ``layer_raw`` ``(N, L)`` (``s_l``), ``layer_z`` ``(N, L)`` (``ŝ_l``) and ``loss`` ``(N,)``
@@ -164,7 +169,8 @@ class RoseScorer(Scorer):
     def __init__(self, model: nn.Module, fisher: str = "ekfac", layers: str | Sequence[str] = "default",
                  p: float = math.inf, beta: float | Sequence[float] = 0.0, aggregation: str = "relu",
                  normalization: str = "separate", fit_fraction: float = 0.5, damping: float = 1e-8,
-                 batch_size: int = 128, device: str | torch.device | None = None) -> None:
+                 batch_size: int = 128, device: str | torch.device | None = None,
+                 replay_bytes: int = 4 << 30) -> None:
         if fisher not in FISHER_KINDS:
             raise ValueError(f"fisher must be one of {sorted(FISHER_KINDS)}, got {fisher!r}.")
         if aggregation not in ("relu", "max"):
@@ -182,8 +188,9 @@ class RoseScorer(Scorer):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         if not callable(getattr(model, "per_sample_loss", None)):
             raise TypeError(f"ROSE needs a model with per_sample_loss(x); got {type(model).__name__}.")
-        if device is not None:
-            model.to(device)
+        if device is not None and not _same_device(torch.device(device), _model_device_dtype(model)[0]):
+            raise ValueError(f"The model is on {_model_device_dtype(model)[0]}, not {device}; move it first "
+                             "(model.to(device)) — the scorer does not move the caller's model.")
         self.model = model
         self.device, self.dtype = _model_device_dtype(model)
         self._layers = resolve_layers(model, layers if isinstance(layers, str) else list(layers))
@@ -199,6 +206,9 @@ class RoseScorer(Scorer):
         self.fit_fraction = float(fit_fraction)
         self.damping = float(damping)
         self.batch_size = batch_size
+        self.replay_bytes = int(replay_bytes)
+        """Memory budget for keeping EKFAC's first-pass factors so that the second pass replays them
+        instead of running the model again (0: always recompute; results are identical either way)."""
         self.fisher: LayerwiseFisher | None = None
         self.norm_mean: np.ndarray | None = None
         self.norm_std: np.ndarray | None = None
@@ -321,13 +331,25 @@ class RoseScorer(Scorer):
                         self.p, self.beta, self.aggregation), "the fit settings")
         fisher = make_fisher(self.fisher_kind, damping=self.damping)
         n_fisher = 0
+        replay: list[dict] | None = [] if fisher.passes > 1 else None
+        held = 0
         for pass_index in range(fisher.passes):
             n = 0
-            for xb in self._chunks(*fisher_set):
-                _, factors = capture_factors(self.model, xb, self._layers)
+            batches = ((None, f) for f in replay) if pass_index > 0 and replay is not None else \
+                ((xb, None) for xb in self._chunks(*fisher_set))
+            for xb, factors in batches:
+                if factors is None:
+                    _, factors = capture_factors(self.model, xb, self._layers)
                 fisher.update(factors)
-                n += len(xb)
-                progress(len(xb))
+                if pass_index == 0 and replay is not None:
+                    # Keep the raw factors for the next pass while they fit in the budget: the later
+                    # passes then replay the same tensors (bit-identical) without forward/backward.
+                    held += sum(f.raw_nbytes for f in factors.values())
+                    replay = None if held > self.replay_bytes else \
+                        replay + [{k: f.without_cache() for k, f in factors.items()}]
+                batch_n = next(iter(factors.values())).n
+                n += batch_n
+                progress(batch_n)
             if pass_index == 0 and not fisher.state and ctx.is_distributed:
                 # An empty shard joins the all-reduce with zero sums of the right shapes.
                 blank = torch.zeros((1,) + tuple(self.model.input_shape), device=self.device, dtype=self.dtype)
