@@ -1,5 +1,8 @@
 """Display names for the app, charts and tables: methods, datasets, perturbations, metrics.
 
+Method names come from the method registry (:func:`rose_core.methods.method_title`, re-exported
+here as ``method_label``).
+
 Plain functions of names (no Streamlit, no plotting), so a chart drawn in a notebook is labelled
 like the app's. Dataset names come from the dataset registry's cards: a stand-in is always called
 a stand-in and never carries the name of the dataset it replaces.
@@ -7,20 +10,12 @@ a stand-in and never carries the name of the dataset it replaces.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rose_core.errors import RoseError
+from rose_core.methods import method_title as method_label  # noqa: F401  (the app's name for a method)
 
-METHOD_LABELS = {
-    "rose-ekfac": "ROSE (EKFAC)",
-    "rose-diag": "ROSE (DIAG)",
-    "nll": "NLL",
-    "likelihood-ratio": "Likelihood Ratio",
-    "likelihood-regret": "Likelihood Regret",
-    "input-complexity-png": "Input Complexity (PNG)",
-    "input-complexity-jp2": "Input Complexity (JPEG 2000)",
-    "rnd": "RND",
-}
+__all__ = ["PERTURBATION_LABELS", "METRIC_LABELS", "method_label", "dataset_label", "dataset_short", "stand_in_note",
+           "perturbation_label"]
+
 PERTURBATION_LABELS = {
     "brightness": ("Brightness", "brightness factor (×)"),
     "svd": ("SVD blur", "K (smallest singular values dropped)"),
@@ -31,27 +26,6 @@ PERTURBATION_LABELS = {
 """Perturbation → (title, axis title of its strength)."""
 METRIC_LABELS = {"auroc": "AUROC", "auprc_in": "AUPRC (in-dist. positive)",
                  "auprc_out": "AUPRC (OOD positive)", "fpr80": "FPR at 80% TPR", "fpr95": "FPR at 95% TPR"}
-
-
-def method_label(method: str) -> str:
-    """Readable name of a bundle method: ``rose-ekfac`` → ``ROSE (EKFAC)``; options of the harness's
-    variants are summarised, e.g. ``rnd:path=checkpoints/rnd-fmnist-dct`` → ``RND (DCT)``,
-    ``rose-ekfac:p=2`` → ``ROSE (EKFAC) [p=2]``."""
-    base, _, opts = str(method).partition(":")
-    label = METHOD_LABELS.get(base, base)
-    if not opts:
-        return label
-    extras = []
-    for item in opts.split(","):
-        key, _, value = item.partition("=")
-        if key in ("path", "background", "rnd"):
-            stem = Path(value).name.lower()
-            pert = next((p for p in PERTURBATION_LABELS if p != "brightness" and stem.endswith("-" + p)), None)
-            extras.append(PERTURBATION_LABELS[pert][0].replace(" blur", "").replace("Random pixels", "Random")
-                          if pert else stem)
-        else:
-            extras.append(item)
-    return f"{label} ({', '.join(extras)})" if all("=" not in e for e in extras) else f"{label} [{', '.join(extras)}]"
 
 
 def _card_or_none(name: str):

@@ -13,12 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rose_core.methods import method_short as title
 from rose_core.paper import GLOW_COLS, PAPER, T2_SETS, VAE_COLS, ours_set
 from rose_core.results import Results
-
-METHOD_TITLES = {"rose-ekfac": "ROSE-EKFAC", "rose-diag": "ROSE-DIAG", "nll": "NLL",
-                 "likelihood-regret": "LR(E)", "likelihood-ratio": "LRatio", "input-complexity-png": "IC(png)",
-                 "input-complexity-jp2": "IC(jp2)", "rnd": "SVD-RND"}
 
 NOT_RUN = "_Not run for this checkpoint._"
 
@@ -54,15 +51,6 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
-
-
-def title(method: str) -> str:
-    base, _, opts = method.partition(":")
-    if base == "rnd" and opts.startswith("path="):
-        return f"RND ({Path(opts[5:]).name})"
-    if base == "likelihood-ratio" and opts.startswith("background="):
-        return f"LRatio ({Path(opts[11:]).name})"
-    return METHOD_TITLES.get(base, base) + (f" [{opts}]" if opts else "")
 
 
 def label(b: Results, ds: str) -> str:

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from rose_core.errors import RoseError
+from rose_core.methods import method_order
 from rose_core.metrics import auroc, ood_metrics
 
 TABLES: dict[str, list[str]] = {
@@ -69,10 +70,6 @@ TABLES: dict[str, list[str]] = {
 EVALUATE_CMD = "python -m rose_core evaluate --checkpoint checkpoints/{name}"
 """The command that computes (or recomputes) a checkpoint's bundle."""
 
-_ORDER = ["rose-ekfac", "rose-diag", "nll", "likelihood-ratio", "likelihood-regret", "input-complexity-png",
-          "input-complexity-jp2", "rnd"]
-
-
 class ResultsError(RoseError):
     """A bundle file exists but cannot be read."""
 
@@ -80,12 +77,6 @@ class ResultsError(RoseError):
 def results_root(path: str | os.PathLike | None = None) -> Path:
     """``path``, else ``$ROSE_RESULTS``, else ``./results``."""
     return Path(path or os.environ.get("ROSE_RESULTS") or "results")
-
-
-def method_order(methods) -> list[str]:
-    """ROSE first, then the baselines in a fixed order (variants after their base), then the rest."""
-    return sorted(set(methods), key=lambda m: (next((i for i, k in enumerate(_ORDER) if m.partition(":")[0] == k),
-                                                    len(_ORDER)), ":" in m, m))
 
 
 def _close(column: pd.Series, value: float, tol: float = 1e-9) -> pd.Series:
@@ -216,7 +207,7 @@ class Results:
         return (ck.get("card") or {}) if isinstance(ck, dict) else {}
 
     def methods(self) -> list[str]:
-        """Methods with scores, ROSE first (:func:`method_order`)."""
+        """Methods with scores, ROSE first (:func:`rose_core.methods.method_order`)."""
         return method_order(self.table("scores")["method"].unique())
 
     def ood_sets(self, include_overall: bool = False) -> list[str]:
@@ -356,7 +347,7 @@ class Results:
     def sweep(self, perturbation: str, ood_set: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``(curve, summary)`` of a perturbation sweep: curve = method, strength, auroc (mean over repeats),
         auroc_std (across repeats); summary = method, mean, std of the AUROC across strengths (population
-        std, as Table 1's Mean and Std columns), n_strengths. ``method`` is ordered (:func:`method_order`)."""
+        std, as Table 1's Mean and Std columns), n_strengths. ``method`` is ordered (:func:`rose_core.methods.method_order`)."""
         m = self.table("metrics")
         m = m[m["perturbation"] == perturbation]
         if ood_set is not None:
