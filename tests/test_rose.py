@@ -366,3 +366,16 @@ def test_scorer_never_moves_the_callers_model():
     with pytest.raises(ValueError, match="move it first"):
         RoseScorer(vae, device="meta")
     assert next(vae.parameters()).device.type == "cpu"
+
+
+def test_saved_fit_keeps_calibration_arrays(tmp_path):
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(base_width=2, latent_dim=3)).eval()
+    x, cal = torch.rand(24, 1, 32, 32), torch.rand(10, 1, 32, 32)
+    s = RoseScorer(vae, batch_size=8).fit(x, calibration=cal)
+    s.save(tmp_path / "fit")
+    t = RoseScorer.load(tmp_path / "fit", vae)
+    assert t.calibrated
+    np.testing.assert_array_equal(t.norm_layer_raw, s.norm_layer_raw)
+    np.testing.assert_array_equal(t.calibration_loss, s.calibration_loss)
+    np.testing.assert_array_equal(t.calibration_scores, s.calibration_scores)

@@ -67,6 +67,9 @@ class RankDeficientFitWarning(UserWarning):
     """A layer's Fisher was fitted on too few images to be full rank (its score is then not
     ``gᵀF⁻¹g`` but, in the missing directions, a distance divided by the damping)."""
 
+_CALIBRATION_PREFIX = "calibration."
+"""Keys of the calibration arrays in a fit's ``.safetensors`` (no ``/``: not a Fisher layer field)."""
+
 FORMAT = "rose-fit"
 FORMAT_VERSION = 1
 
@@ -445,6 +448,26 @@ class RoseScorer(Scorer):
                            {"layer_raw": raw, "layer_z": z, "loss": loss})
 
     # --- persistence -------------------------------------------------------------------------
+    def _calibration_state(self) -> dict[str, torch.Tensor]:
+        """The calibration images' raw layer scores and losses, stored beside the Fisher statistics
+        so that a loaded fit has its verdict threshold, p-values and typicality reference."""
+        if self.norm_layer_raw is None:
+            return {}
+        out = {_CALIBRATION_PREFIX + "layer_raw": torch.from_numpy(np.ascontiguousarray(self.norm_layer_raw))}
+        if self.calibration_loss is not None:
+            out[_CALIBRATION_PREFIX + "loss"] = torch.from_numpy(np.ascontiguousarray(self.calibration_loss))
+        return out
+
+    def _load_calibration_state(self, tensors: dict[str, torch.Tensor], n_layers: int, where) -> None:
+        raw = tensors.get(_CALIBRATION_PREFIX + "layer_raw")
+        loss = tensors.get(_CALIBRATION_PREFIX + "loss")
+        if raw is None:
+            return   # fits saved before calibration arrays were stored: no threshold reference
+        if raw.ndim != 2 or raw.shape[1] != n_layers or (loss is not None and loss.shape != (raw.shape[0],)):
+            raise CheckpointError(f"The calibration arrays of the ROSE fit {where} have the wrong shape.")
+        self.norm_layer_raw = raw.double().numpy()
+        self.calibration_loss = None if loss is None else loss.double().numpy()
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the fit as ``<stem>.safetensors`` (Fisher statistics) and ``<stem>.json`` (settings,
         layers and shapes, normalisation, model fingerprint). Returns the JSON path."""
@@ -469,7 +492,8 @@ class RoseScorer(Scorer):
             "aggregation": self.aggregation, "normalization": self.normalization,
             "fit_fraction": self.fit_fraction, "batch_size": self.batch_size,
             "norm_mean": [float(v) for v in self.norm_mean], "norm_std": [float(v) for v in self.norm_std],
-            "n_fisher": self.n_fisher, "n_norm": self.n_norm,
+            "n_fisher": self.n_fisher, "n_norm": self.n_norm, "calibrated": self.calibrated,
+            "rank_problems": self.fit_problems,
             "model_kind": getattr(self.model, "kind", type(self.model).__name__),
             "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
             "model_fingerprint": model_fingerprint(self.model),
@@ -478,7 +502,8 @@ class RoseScorer(Scorer):
         # dtype the scorer computes in, which keeps the VAE's EKFAC fit at ~40 MB instead of 160 MB.
         _, dtype = _model_device_dtype(self.model)
         # the card records the weights' SHA-256; load() refuses a file whose bytes changed since
-        card["weights_sha256"] = save_tensors(self.fisher.state_dict(compact=True, basis_dtype=dtype),
+        card["weights_sha256"] = save_tensors({**self.fisher.state_dict(compact=True, basis_dtype=dtype),
+                                               **self._calibration_state()},
                                               weights_path(stem), metadata={"format": FORMAT})
         cp = card_path(stem)
         tmp = cp.with_name(cp.name + ".tmp")
@@ -540,6 +565,7 @@ class RoseScorer(Scorer):
                                   "(fingerprint mismatch); refit, or load with strict=False.")
         # verified against the card's SHA-256 when it has one (cards from before the field load unchecked)
         tensors = load_tensors(weights_path(path), sha256=card.get("weights_sha256"))
+        calibration = {k: tensors.pop(k) for k in list(tensors) if k.startswith(_CALIBRATION_PREFIX)}
         try:
             fisher = LayerwiseFisher.from_state_dict(tensors)
         except (ValueError, KeyError) as exc:
@@ -558,5 +584,7 @@ class RoseScorer(Scorer):
                      batch_size=card.get("batch_size", 128), device=device)
         scorer.fisher = fisher.to(scorer.device)
         scorer.norm_mean, scorer.norm_std = mean, std
+        scorer._load_calibration_state(calibration, len(layers), cp)
+        scorer.calibrated = bool(card.get("calibrated", False))
         scorer.n_fisher, scorer.n_norm = int(card.get("n_fisher", 0)), int(card.get("n_norm", 0))
         return scorer
