@@ -265,6 +265,19 @@ def test_missing_bundle_can_be_computed_here(app_env, tmp_path, monkeypatch):
     assert len(charts(at)) == 2
 
 
+def test_compute_button_says_what_is_missing_when_the_harness_cannot_be_imported(app_env, tmp_path, monkeypatch):
+    """Without the harness (e.g. an install without its dependencies) the button is replaced by a
+    message naming the missing module and how to install it, not silently dropped."""
+    import sys
+
+    monkeypatch.setenv("ROSE_RESULTS", str(tmp_path / "none"))
+    monkeypatch.setitem(sys.modules, "rose_core.evaluation", None)  # makes `import rose_core.evaluation` fail
+    at = open_page()
+    assert not at.button and charts(at) == []
+    warning = " ".join(texts(at, "warning"))
+    assert "rose_core.evaluation" in warning and "pip install" in warning
+
+
 def test_no_checkpoint_is_explained(tmp_path, monkeypatch):
     monkeypatch.setenv("ROSE_CHECKPOINTS", str(tmp_path / "none"))
     monkeypatch.setenv("ROSE_RESULTS", str(tmp_path / "results"))
