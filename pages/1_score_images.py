@@ -17,6 +17,11 @@ from studio.format import upscale
 from studio.paths import data_dir
 
 MAX_CARDS = 24
+JPEG_FORMATS = ("JPEG", "MPO")
+JPEG_NOTE = ("JPEG is lossy, and its re-encoding artefacts are a real distribution shift for these models: every "
+             "detector, the likelihood included, flags many Fashion-MNIST test images once they are re-encoded as "
+             "JPEG (quality 75 or 95). A JPEG of an in-distribution image may therefore be called OOD; upload PNG "
+             "for a lossless image.")
 
 name, card = ui.open_page("Score images")
 
@@ -31,6 +36,7 @@ tpr = st.slider("In-distribution true-positive rate of the threshold", 0.80, 0.9
 
 images: list[np.ndarray] = []
 names: list[str] = []
+jpegs: list[str] = []
 if source == "Upload files":
     files = st.file_uploader("Images (PNG, JPEG, BMP, GIF, TIFF, WebP; any size, grey or colour)",
                              accept_multiple_files=True, key="score_files")
@@ -42,8 +48,12 @@ if source == "Upload files":
             continue
         for note in decoded.notes:
             st.warning(f"**{decoded.name}**: {note}", icon=":material/info:")
+        if decoded.format in JPEG_FORMATS:
+            jpegs.append(decoded.name)
         images.append(decoded.array)
         names.append(decoded.name)
+    if jpegs:
+        st.info(f"**{', '.join(jpegs)}**: {JPEG_NOTE}", icon=":material/photo_camera:")
 else:
     available = state.available_datasets()
     if not available:

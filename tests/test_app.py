@@ -425,6 +425,10 @@ def test_upload_good_and_bad_files(app_env):
                          ("cmyk.jpg", "CMYK")]:
         assert f"**{name}**" in warnings and phrase in warnings, name
 
+    # JPEG uploads get the note that re-encoding is itself a shift for these models; PNGs do not
+    jpeg_notes = [t for t in texts(at, "info") if "re-encoding artefacts" in t]
+    assert len(jpeg_notes) == 1 and "**cmyk.jpg**" in jpeg_notes[0] and "digit.png" not in jpeg_notes[0]
+
     table = at.dataframe[0].value
     scored = ["digit.png", "anim.gif", "alpha.png", "deep.png", "cmyk.jpg"]
     assert list(table["image"]) == scored
