@@ -88,8 +88,15 @@ def is_available(name: str, split: str = "test", root: str | os.PathLike | None 
         return False
 
 
-def available_datasets(root: str | os.PathLike | None = None) -> list[str]:
-    return [n for n in dataset_names() if is_available(n, "test", root)]
+def available_datasets(root: str | os.PathLike | None = None, include_stress: bool = False) -> list[str]:
+    """Datasets whose test split is cached or can be built here.
+
+    The stress suite (cards with a ``stress_group``) is left out unless ``include_stress``: it is
+    run as its own group (``rose_core.data.stress.stress_sets``), so adding it does not grow every
+    experiment that scores "all available OOD sets".
+    """
+    return [n for n in dataset_names()
+            if (include_stress or _REGISTRY[n].card.stress_group is None) and is_available(n, "test", root)]
 
 
 def _read_cache(path: Path, card: DatasetCard, split: str) -> ImageSet | None:
