@@ -45,6 +45,11 @@ Decisions:
   (the crash came between the merge and the clean-up) is recognised by its generation number and
   deleted. Results of another fit or threshold are never mixed into one output: that is an error
   (use ``--overwrite`` or another ``--out``).
+* **One writer per output.** ``score`` locks ``<out>.lock`` (:mod:`rose_core.output_lock`) before it
+  loads the model; a second writer exits 2 naming the holder (pid, host, start time). A lock left
+  by a killed run is taken over. Duplicate keys left in an output by versions without the lock
+  are removed when the run resumes (:mod:`rose_core.score_output`). Decoding workers die with
+  their parent (:mod:`rose_core.worker_guard`).
 * **Several processes** (``torchrun``): the inputs still to score are cut into one contiguous
   block per rank, in whole batches (so every rank scores exactly the batches one process would:
   the same float rounding), and rank ``r`` writes ``<out>/part-<r:05d>.parquet`` (``--out`` is then a
@@ -61,7 +66,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -71,6 +75,9 @@ from typing import Sequence
 import numpy as np
 
 from rose_core.errors import CheckpointError, InvalidInput, RoseError
+from rose_core.output_lock import OutputLock, lock_path
+from rose_core.score_output import (FORMAT, KEY_INDEX, KEY_PATH, ScoreOutput, check_output_location,  # noqa: F401
+                                     output_schema, read_scores)
 
 __all__ = ["ImageInputs", "folder_inputs", "list_inputs", "dataset_inputs", "ScoreSummary", "score_inputs",
            "output_schema", "read_scores", "load_calibration", "save_fit", "fit_id", "register_commands",
@@ -78,10 +85,6 @@ __all__ = ["ImageInputs", "folder_inputs", "list_inputs", "dataset_inputs", "Sco
 
 log = logging.getLogger(__name__)
 
-FORMAT = "rose-batch-scores"
-KEY_PATH, KEY_INDEX = "path", "index"
-_SEGMENT = re.compile(r"^(?P<prefix>part(?:-\d{5})?)\.g(?P<gen>\d+)\.(?P<tag>[A-Za-z0-9_-]+)\.parquet$")
-_PART = re.compile(r"^part-(?P<rank>\d{5})\.parquet$")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -150,7 +153,7 @@ def folder_inputs(folder: str | os.PathLike, extensions: Sequence[str] | None = 
         raise InvalidInput(f"--input {root} is not a folder." if root.exists() else f"--input {root} does not exist.")
     exts = None if not extensions else {"." + e.lower().lstrip(".") for e in extensions}
     excluded = [Path(e).resolve() for e in exclude]
-    keys = []
+    found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for fn in filenames:
@@ -165,12 +168,22 @@ def folder_inputs(folder: str | os.PathLike, extensions: Sequence[str] | None = 
                     continue
             if not full.is_file():
                 continue
-            keys.append(full.relative_to(root).as_posix())
-    keys.sort()
-    if not keys:
+            found.append((_printable(full.relative_to(root).as_posix()), str(full)))
+    found.sort()
+    if not found:
         what = f" with extension {', '.join(sorted(exts))}" if exts else ""
         raise InvalidInput(f"No files{what} found under {root} (searched recursively; hidden files are skipped).")
-    return ImageInputs("files", keys, f"folder {root}", locations=[str(root / k) for k in keys])
+    return ImageInputs("files", [k for k, _ in found], f"folder {root}", locations=[loc for _, loc in found])
+
+
+def _printable(name: str) -> str:
+    """A file name as valid UTF-8: bytes that are not UTF-8 (kept by Python as surrogates) become ``\\xNN``.
+    The key stays deterministic, so resuming recognises the file; the file is still opened by its real name."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def list_inputs(list_file: str | os.PathLike) -> ImageInputs:
@@ -287,13 +300,21 @@ def load_calibration(fit_path: str | os.PathLike) -> np.ndarray | None:
     p = _calibration_path(fit_path)
     if not p.exists():
         return None
+    fix = "delete it and run `python -m rose_core fit` again, or pass --threshold"
     try:
+        with open(p, "rb") as fh:
+            magic = fh.read(6)
+        if magic != b"\x93NUMPY":   # np.load would call any other file "pickled (object) data"
+            raise CheckpointError(f"Calibration file {p} is not a NumPy .npy file (it was not written by "
+                                  f"`python -m rose_core fit`, or it was replaced); {fix}.")
         values = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"Calibration file {p} cannot be read ({exc}).") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        reason = "it holds Python objects, not numbers" if "pickle" in str(exc) else \
+            "it is truncated or damaged" if isinstance(exc, (ValueError, EOFError)) else (exc.strerror or str(exc))
+        raise CheckpointError(f"Calibration file {p} cannot be read ({reason}); {fix}.") from None
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or len(values) == 0 or not np.isfinite(values).all():
-        raise CheckpointError(f"Calibration file {p} does not hold a 1-D array of finite scores.")
+        raise CheckpointError(f"Calibration file {p} does not hold a 1-D array of finite scores; {fix}.")
     return values
 
 
@@ -322,229 +343,6 @@ def auto_fit_path(checkpoint: str | os.PathLike, fisher: str, dataset: str, n: i
 
 
 # ------------------------------------------------------------------------------------------------
-# Output: schema, segments, resume
-# ------------------------------------------------------------------------------------------------
-
-def output_schema(key_column: str, layer_names: Sequence[str], metadata: dict[str, str]):
-    """The Parquet schema of a scores file (see the module docstring)."""
-    import pyarrow as pa
-
-    fields = [pa.field(key_column, pa.string() if key_column == KEY_PATH else pa.int64(), nullable=False),
-              pa.field("rose_score", pa.float64()), pa.field("nll_nats", pa.float64()),
-              pa.field("bits_per_dim", pa.float64()), pa.field("verdict", pa.string())]
-    fields += [pa.field(f"raw[{n}]", pa.float64()) for n in layer_names]
-    fields += [pa.field(f"z[{n}]", pa.float64()) for n in layer_names]
-    fields.append(pa.field("error", pa.string()))
-    return pa.schema(fields, metadata={k: str(v) for k, v in metadata.items()})
-
-
-def read_scores(out: str | os.PathLike):
-    """Read a scores output (a file or a directory of parts) as a pandas DataFrame."""
-    import pandas as pd
-
-    out = Path(out)
-    if out.is_dir():
-        parts = sorted(p for p in out.glob("part-*.parquet") if _PART.match(p.name))
-        frames = [pd.read_parquet(p) for p in parts]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return pd.read_parquet(out)
-
-
-_COMPAT_KEYS = ("rose.format", "rose.key", "rose.fit_id", "rose.threshold", "rose.layers")
-
-
-class _Output:
-    """The files of one output (a single Parquet file, or a directory of one part per rank).
-
-    Collective methods must be called on every rank in the same order.
-    """
-
-    def __init__(self, out: Path, ctx, metadata: dict[str, str], schema, flush_rows: int) -> None:
-        self.out, self.ctx, self.flush_rows = out, ctx, int(flush_rows)
-        if out.exists() and not out.is_dir():
-            if ctx.is_distributed:
-                raise InvalidInput(f"--out {out} is a single Parquet file (from a one-process run); with several "
-                                   "processes --out must be a directory of parts. Use another --out.")
-            self.dir_mode = False
-        else:
-            self.dir_mode = out.is_dir() or ctx.is_distributed or out.suffix.lower() != ".parquet"
-        self.partial = out / "_partial" if self.dir_mode else out.with_name(out.name + ".partial")
-        self.prefix = f"part-{ctx.rank:05d}" if self.dir_mode else "part"
-        self.final = out / f"{self.prefix}.parquet" if self.dir_mode else out
-        self.metadata = dict(metadata)
-        self.schema = schema
-        self.gen = 0
-        self.seq = 0
-        self._buffer: list = []
-        self._buffered = 0
-
-    # --- layout ------------------------------------------------------------------------------
-    def _final_of(self, prefix: str) -> Path:
-        return self.out / f"{prefix}.parquet" if self.dir_mode else self.out
-
-    def _finals(self) -> list[Path]:
-        if self.dir_mode:
-            return sorted(p for p in self.out.glob("part-*.parquet") if _PART.match(p.name)) \
-                if self.out.is_dir() else []
-        return [self.out] if self.out.exists() else []
-
-    def _segments(self) -> list[tuple[Path, str, int]]:
-        if not self.partial.is_dir():
-            return []
-        found = []
-        for p in sorted(self.partial.iterdir()):
-            m = _SEGMENT.match(p.name)
-            if m:
-                found.append((p, m["prefix"], int(m["gen"])))
-        return found
-
-    @staticmethod
-    def _meta(path: Path) -> dict[str, str]:
-        import pyarrow.parquet as pq
-
-        try:
-            md = pq.read_schema(path).metadata or {}
-        except Exception as exc:
-            raise InvalidInput(f"The existing output file {path} cannot be read ({exc}); delete it or use "
-                               "--overwrite.") from None
-        return {k.decode(): v.decode() for k, v in md.items()}
-
-    def _gen_of(self, prefix: str) -> int:
-        f = self._final_of(prefix)
-        return int(self._meta(f).get("rose.generation", "0")) if f.exists() else 0
-
-    # --- set-up (collective) -------------------------------------------------------------------
-    def prepare(self, overwrite: bool) -> set:
-        """Rank 0 cleans up (``overwrite``; merged or orphaned segments), then every rank reads the keys
-        already written. Returns that set; raises if the existing output is of another fit/threshold."""
-        err = None
-        if self.ctx.is_main:
-            try:
-                self._clean(overwrite)
-            except (RoseError, OSError) as exc:
-                err = exc if isinstance(exc, RoseError) else InvalidInput(f"Cannot prepare --out {self.out}: {exc}")
-        self.ctx.agree(err)
-        done, err = set(), None
-        try:
-            done = self._done_keys()
-            own = [g for _, prefix, g in self._segments() if prefix == self.prefix]
-            self.gen = max([self._gen_of(self.prefix)] + own) + 1
-        except RoseError as exc:
-            err = exc
-        self.ctx.agree(err)
-        return done
-
-    def _clean(self, overwrite: bool) -> None:
-        import shutil
-
-        if overwrite:
-            for f in self._finals():
-                f.unlink()
-            if self.partial.exists():
-                shutil.rmtree(self.partial)
-        if self.dir_mode:
-            self.out.mkdir(parents=True, exist_ok=True)
-        elif not self.out.parent.exists():
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-        if not self.partial.is_dir():
-            return
-        for p in self.partial.iterdir():
-            if p.name.endswith(".tmp"):
-                p.unlink()  # an interrupted write
-        gens: dict[str, int] = {}
-        world = self.ctx.world_size
-        for path, prefix, gen in self._segments():
-            if prefix not in gens:
-                gens[prefix] = self._gen_of(prefix)
-            if gen <= gens[prefix]:
-                path.unlink()   # merged into its final file before the previous run stopped
-                continue
-            if self.dir_mode and prefix != "part" and int(prefix[5:]) >= world:
-                # A segment of a rank that no longer exists (fewer processes now): hand it to a live rank.
-                target = f"part-{int(prefix[5:]) % world:05d}"
-                if target not in gens:
-                    gens[target] = self._gen_of(target)
-                tag = _SEGMENT.match(path.name)["tag"]
-                path.rename(self.partial / f"{target}.g{gens[target] + 1:04d}.from-{prefix}-{tag}.parquet")
-
-    def _done_keys(self) -> set:
-        import pyarrow.parquet as pq
-
-        key = self.metadata["rose.key"]
-        done: set = set()
-        files = self._finals() + [p for p, _, _ in self._segments()]
-        for f in files:
-            md = self._meta(f)
-            for k in _COMPAT_KEYS:
-                if md.get(k) != self.metadata.get(k):
-                    what = {"rose.fit_id": "another fit (or model)", "rose.threshold": "another threshold",
-                            "rose.key": "another kind of input", "rose.layers": "other layers",
-                            "rose.format": "another program"}[k]
-                    raise InvalidInput(f"The existing output {f} was written with {what} "
-                                       f"({k}: {md.get(k)!r}, now {self.metadata.get(k)!r}); rows of different "
-                                       "runs are not mixed. Use --overwrite to replace it, or another --out.")
-            try:
-                col = pq.read_table(f, columns=[key]).column(key).to_pylist()
-            except Exception as exc:
-                raise InvalidInput(f"The existing output file {f} cannot be read ({exc}); delete it or use "
-                                   "--overwrite.") from None
-            done.update(col)
-        return done
-
-    # --- writing -----------------------------------------------------------------------------
-    def add(self, table) -> None:
-        self._buffer.append(table)
-        self._buffered += table.num_rows
-        if self._buffered >= self.flush_rows:
-            self._flush()
-
-    def _flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if not self._buffered:
-            return
-        self.partial.mkdir(parents=True, exist_ok=True)
-        self.seq += 1
-        path = self.partial / f"{self.prefix}.g{self.gen:04d}.s{self.seq:06d}.parquet"
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(pa.concat_tables(self._buffer), tmp)
-        os.replace(tmp, path)
-        self._buffer, self._buffered = [], 0
-
-    def finish(self) -> Path:
-        """Write the last rows, merge this rank's segments into its final file, delete them."""
-        import pyarrow.parquet as pq
-
-        self._flush()
-        segments = [p for p, prefix, _ in self._segments() if prefix == self.prefix]
-        if not segments and self.final.exists():
-            return self.final
-        md = dict(self.metadata, **{"rose.generation": str(self.gen)})
-        schema = self.schema.with_metadata(md)
-        # The merged file is written in the side folder (which readers of the output skip) and renamed.
-        self.partial.mkdir(parents=True, exist_ok=True)
-        tmp = self.partial / (self.final.name + ".tmp")
-        with pq.ParquetWriter(tmp, schema) as writer:
-            sources = ([self.final] if self.final.exists() else []) + segments
-            for src in sources:
-                pf = pq.ParquetFile(src)
-                for i in range(pf.num_row_groups):
-                    writer.write_table(pf.read_row_group(i).cast(schema))
-        os.replace(tmp, self.final)
-        for p in segments:
-            p.unlink()
-        return self.final
-
-    def tidy(self) -> None:
-        """Remove the empty side folder (rank 0, after every rank finished)."""
-        try:
-            self.partial.rmdir()
-        except OSError:
-            pass
-
-
-# ------------------------------------------------------------------------------------------------
 # Scoring
 # ------------------------------------------------------------------------------------------------
 
@@ -566,6 +364,8 @@ class ScoreSummary:
     processes: int = 1
     cpu_seconds: float = 0.0
     """CPU time of the scoring processes, summed over ranks (decoding workers not included)."""
+    duplicates_removed: int = 0
+    """Rows of keys written twice (by older versions without the output lock) removed on resume."""
 
     @property
     def images_per_second(self) -> float:
@@ -588,13 +388,11 @@ def score_inputs(scorer, inputs: ImageInputs, out: str | os.PathLike, *, thresho
     """Score ``inputs`` with a fitted ``scorer`` into Parquet at ``out`` (see the module docstring).
 
     Collective under ``torch.distributed``: every rank calls it with the same arguments (its
-    own ``ctx``) and scores its block of the inputs not yet in ``out``.
+    own ``ctx``) and scores its block of the inputs not yet in ``out``. Rank 0 holds the output's
+    lock (:class:`rose_core.output_lock.OutputLock`) meanwhile: a second writer gets
+    :class:`rose_core.output_lock.OutputLocked` naming this process.
     """
-    import pyarrow as pa
-    import torch
-    from torch.utils.data import DataLoader
-
-    from rose_core.distributed import DistContext, shard_range
+    from rose_core.distributed import DistContext
 
     ctx = ctx or DistContext()
     if not scorer.fitted:
@@ -606,7 +404,6 @@ def score_inputs(scorer, inputs: ImageInputs, out: str | os.PathLike, *, thresho
     if not math.isfinite(threshold):
         raise InvalidInput(f"The threshold must be finite, got {threshold!r}.")
     model = scorer.model
-    channels, size, _ = model.input_shape
     names = scorer.layer_names
     md = {"rose.format": FORMAT, "rose.format_version": "1", "rose.key": inputs.key_column,
           "rose.fit_id": fit_id(scorer), "rose.threshold": repr(float(threshold)),
@@ -615,7 +412,29 @@ def score_inputs(scorer, inputs: ImageInputs, out: str | os.PathLike, *, thresho
     md.update(metadata or {})
     schema = output_schema(inputs.key_column, names, md)
 
-    output = _Output(Path(out), ctx, md, schema, flush_rows)
+    lock = _lock_output(str(out), ctx)   # one writer per output: rank 0 holds it (re-entrant) for the job
+    try:
+        return _score_locked(scorer, inputs, Path(out), ctx, md, schema, threshold=threshold, batch_size=batch_size,
+                             workers=workers, flush_rows=flush_rows, overwrite=overwrite, progress=progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _score_locked(scorer, inputs: ImageInputs, out: Path, ctx, md: dict, schema, *, threshold: float,
+                  batch_size: int, workers: int, flush_rows: int, overwrite: bool, progress: bool) -> ScoreSummary:
+    """The body of :func:`score_inputs`, run while rank 0 holds the output lock."""
+    import pyarrow as pa
+    import torch
+    from torch.utils.data import DataLoader
+
+    from rose_core.distributed import shard_range
+    from rose_core.worker_guard import worker_init_fn
+
+    model = scorer.model
+    channels, size, _ = model.input_shape
+    names = scorer.layer_names
+    output = ScoreOutput(out, ctx, md, schema, flush_rows)
     done = output.prepare(overwrite)
     remaining = [i for i, k in enumerate(inputs.keys) if k not in done]
     ctx.check_same_keys([inputs.keys[i] for i in remaining],
@@ -628,7 +447,8 @@ def score_inputs(scorer, inputs: ImageInputs, out: str | os.PathLike, *, thresho
 
     scorer.batch_size = batch_size
     loader = DataLoader(_DecodeItems(inputs, mine, size, channels), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=_collate)
+                        num_workers=workers, collate_fn=_collate,
+                        worker_init_fn=worker_init_fn() if workers > 0 else None)
     n_dims = float(channels * size * size)
     ln2 = math.log(2.0)
     from tqdm import tqdm
@@ -692,7 +512,8 @@ def score_inputs(scorer, inputs: ImageInputs, out: str | os.PathLike, *, thresho
                         seconds=max(v[2] for v in per_rank), threshold=float(threshold), out=Path(out),
                         files=files, model_seconds=max(v[3] for v in per_rank),
                         wait_seconds=max(v[4] for v in per_rank), write_seconds=max(v[5] for v in per_rank),
-                        processes=ctx.world_size, cpu_seconds=sum(v[6] for v in per_rank))
+                        processes=ctx.world_size, cpu_seconds=sum(v[6] for v in per_rank),
+                        duplicates_removed=output.duplicates_removed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -754,12 +575,81 @@ def _load_model(args, ctx):
     return model, card
 
 
+def _check_common_args(args) -> None:
+    """Checks shared by ``fit`` and ``score`` (before any model is loaded; the numbers first: they need no
+    import of torch or of the dataset registry, so they fail within a fraction of a second)."""
+    from rose_core import cli_checks as c
+
+    c.at_least("--batch-size", args.batch_size, 1)
+    c.at_least("--seed", args.seed, 0)
+    c.in_range("--dist-timeout", args.dist_timeout, 0.0, math.inf, lo_open=True, hi_open=True)
+    if args.report:
+        c.writable_folder("--report", Path(args.report).parent)
+
+
+def _check_model_args(args) -> None:
+    """``--checkpoint`` and ``--device`` (these import torch)."""
+    from rose_core import cli_checks as c
+
+    c.checkpoint_exists("--checkpoint", args.checkpoint)
+    c.device_spec("--device", args.device)
+
+
+def _check_fit_args(args) -> None:
+    """``fit``: options and the output location, before the model is loaded (one-line errors)."""
+    from rose_core import cli_checks as c
+
+    _check_common_args(args)
+    c.at_least("--n-images", getattr(args, "n_images", None), 1, optional=True)
+    c.in_range("--fit-fraction", getattr(args, "fit_fraction", None), 0.0, 1.0, lo_open=True, hi_open=True,
+               optional=True)
+    c.in_range("--damping", getattr(args, "damping", None), 0.0, math.inf, hi_open=True, optional=True)
+    _check_model_args(args)
+    c.known_dataset("--dataset", args.dataset, args.split)
+    c.writable_stem("--out", args.out, (".json", ".safetensors", ".calibration.npy"))
+
+
+def _check_score_args(args) -> None:
+    """``score``: options, inputs named and the output location, before the model is loaded."""
+    from rose_core import cli_checks as c
+
+    _check_common_args(args)
+    c.in_range("--tpr", args.tpr, 0.0, 1.0, lo_open=True)
+    c.finite("--threshold", args.threshold, optional=True)
+    c.at_least("--flush-rows", args.flush_rows, 1)
+    c.at_least("--workers", args.workers, 0, optional=True)
+    c.at_least("--limit", args.limit, 0, optional=True)
+    c.at_least("--fit-images", args.fit_images, 1)
+    check_output_location(args.out, int(os.environ.get("WORLD_SIZE", "1")) > 1)   # WORLD_SIZE: set by torchrun
+    _check_model_args(args)
+    c.known_dataset("--dataset", args.dataset, args.split)
+    c.known_dataset("--fit-dataset", args.fit_dataset, "train")
+    if args.fit != "auto":
+        from rose_core.checkpoint import card_path
+
+        if not card_path(args.fit).exists():
+            c.writable_stem("--fit", args.fit, (".json", ".safetensors", ".calibration.npy"))
+
+
+def _lock_output(out: str, ctx) -> OutputLock | None:
+    """Rank 0 takes the output lock (collective: every rank raises the same error when it is held)."""
+    lock, err = None, None
+    if ctx.is_main:
+        try:
+            lock = OutputLock(out, command="score").acquire()
+        except RoseError as exc:
+            err = exc
+    ctx.agree(err)
+    return lock
+
+
 def _report(path: str | None, summary: dict) -> None:
     if path:
         Path(path).write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    _check_fit_args(args)   # before the imports below: a bad number fails before torch is even imported
     from rose_core.distributed import init_distributed, shutdown
 
     ctx = init_distributed(device=args.device, timeout_minutes=args.dist_timeout)
@@ -797,7 +687,7 @@ def _resolve_inputs(args, ctx) -> ImageInputs:
     if args.input is not None:
         exts = [e for e in args.ext.split(",") if e] if args.ext else None
         out = Path(args.out)
-        inputs = folder_inputs(args.input, exts, exclude=[out, out.with_name(out.name + ".partial")])
+        inputs = folder_inputs(args.input, exts, exclude=[out, out.with_name(out.name + ".partial"), lock_path(out)])
     elif args.list is not None:
         inputs = list_inputs(args.list)
     else:
@@ -844,14 +734,15 @@ def _get_fit(args, model, card, ctx):
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    _check_score_args(args)   # before the imports below: a bad number fails before torch is even imported
     from rose_core.checkpoint import card_path
     from rose_core.distributed import init_distributed, shutdown
     from rose_core.metrics import threshold_at_tpr
 
-    if not 0.0 < args.tpr <= 1.0:
-        raise InvalidInput(f"--tpr must be in (0, 1], got {args.tpr}.")
     ctx = init_distributed(device=args.device, timeout_minutes=args.dist_timeout)
+    lock = None
     try:
+        lock = _lock_output(args.out, ctx)   # a second writer stops here, before the model is loaded
         err, inputs, model, card = None, None, None, None
         try:
             inputs = _resolve_inputs(args, ctx)
@@ -873,8 +764,6 @@ def _cmd_score(args: argparse.Namespace) -> int:
             source = (f"TPR {args.tpr:g} of {len(calibration)} in-distribution calibration scores "
                       f"(the fit's normalisation split, {_calibration_path(fit_path)})")
         workers = default_workers(ctx.local_world_size) if args.workers is None else args.workers
-        if workers < 0:
-            raise InvalidInput(f"--workers must be >= 0, got {workers}.")
         summary = score_inputs(
             scorer, inputs, args.out, threshold=threshold, ctx=ctx, batch_size=args.batch_size, workers=workers,
             flush_rows=args.flush_rows, overwrite=args.overwrite, progress=not args.quiet,
@@ -889,6 +778,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
                   f"(model {summary.model_seconds:.1f} s, waiting for decoding {summary.wait_seconds:.1f} s, "
                   f"writing {summary.write_seconds:.1f} s)")
             print(f"threshold {threshold:.6g} from {source}; fit {card_path(fit_path)} ({how}); wrote {where}")
+            if summary.duplicates_removed:
+                print(f"removed {summary.duplicates_removed} duplicate rows left in the output by an earlier run "
+                      "(the first row of each input is kept)")
             _report(args.report, {"command": "score", "processes": ctx.world_size, "backend": ctx.backend,
                                   "inputs": summary.inputs, "already_done": summary.already_done,
                                   "scored": summary.scored, "errors": summary.errors, "seconds": summary.seconds,
@@ -897,10 +789,13 @@ def _cmd_score(args: argparse.Namespace) -> int:
                                   "write_seconds": summary.write_seconds, "cpu_seconds": summary.cpu_seconds,
                                   "threshold": threshold,
                                   "threshold_source": source, "fit": str(card_path(fit_path)), "fit_how": how,
-                                  "out": str(summary.out), "files": [str(f) for f in summary.files]})
+                                  "out": str(summary.out), "files": [str(f) for f in summary.files],
+                                  "duplicates_removed": summary.duplicates_removed})
         ctx.barrier()
         return 0
     finally:
+        if lock is not None:
+            lock.release()
         shutdown(ctx)
 
 

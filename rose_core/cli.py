@@ -1,7 +1,13 @@
 """Command-line interface: ``python -m rose_core <command> …``.
 
 Commands: ``datasets`` (list the registry and what is available here),
-``data`` (build the dataset caches), ``train`` (train a model).
+``data`` (build the dataset caches), ``train`` (train a model), ``fit`` / ``score``
+(:mod:`rose_core.batch_score`), ``evaluate`` / ``report``.
+
+Errors: arguments and output locations are checked before a model is loaded
+(:mod:`rose_core.cli_checks`); every error is one line on stderr (``error: …``) and exit
+status 2 — argument-parser errors included, without the usage block. An unexpected exception
+(a bug) is one line too, exit status 1; ``-v`` shows its traceback. Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -25,9 +31,14 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
+    from rose_core import cli_checks
     from rose_core.data import dataset_names, get_card, is_available, load_dataset
+    from rose_core.data.registry import data_dir
     from rose_core.errors import DatasetUnavailable
 
+    for name in args.names:   # every name first: not after building the caches before it
+        cli_checks.known_dataset("data:", name)
+    cli_checks.writable_folder("the data folder ($ROSE_DATA, default ./data)", data_dir())
     names = args.names
     if args.all:
         # Offline sources and stand-ins; online-only sets only when already downloaded.
@@ -51,7 +62,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from rose_core.training import TrainConfig, train
+    from rose_core.training import TrainConfig, train   # train() checks the configuration first
 
     cfg = TrainConfig(kind=args.model, preset=args.preset, dataset=args.dataset, out=args.out, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, subset=args.subset, device=args.device,
@@ -62,9 +73,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``error: <command>: <message> (see … --help)``), exit 2.
+    Sub-command parsers are of the same class (argparse creates them with ``type(parent)``)."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rose_core", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m rose_core", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -113,8 +133,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RoseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:   # a disk that fills up, a file that vanished: the user can act on it
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (this is a bug; rerun with -v for the "
+              "traceback and report it)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _register_evaluation_commands(sub) -> None:

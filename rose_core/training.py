@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from rose_core.checkpoint import (load_model, load_training_state, read_card, save_model, save_training_state,
                                   weights_path)
 from rose_core.data import load_dataset, to_model_input
+from rose_core.errors import InvalidInput
 from rose_core.models import GenerativeModel, build_model
 from rose_core.perturb import random_pixels
 
@@ -54,6 +55,33 @@ class TrainConfig:
     iwae_k: int = 20
     progress: bool = True
     extra_card: dict = field(default_factory=dict)
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Raise :class:`rose_core.errors.InvalidInput` (one line, naming the CLI option) for a configuration
+    that cannot train: called by :func:`train` before the model is built or the data loaded, so a bad
+    value fails in a second instead of after (or instead of) a long run."""
+    from rose_core import cli_checks as c
+
+    if cfg.kind not in ("vae", "glow"):
+        raise InvalidInput(f"--model must be vae or glow, got {cfg.kind!r}.")
+    if cfg.preset not in ("fmnist", "cifar10"):
+        raise InvalidInput(f"--preset must be fmnist or cifar10, got {cfg.preset!r}.")
+    for option, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidInput(f"{option} must be a whole number, got {value!r}.")
+        c.at_least(option, value, 1)
+    c.at_least("--seed", cfg.seed, 0)
+    c.at_least("--subset", cfg.subset, 1, optional=True)
+    c.at_least("--eval-subset", cfg.eval_subset, 1, optional=True)
+    c.in_range("--lr", cfg.lr, 0.0, math.inf, lo_open=True, hi_open=True, optional=True)
+    c.in_range("--max-minutes", cfg.max_minutes, 0.0, math.inf, lo_open=True, hi_open=True, optional=True)
+    c.in_range("--noise-fraction", cfg.noise_fraction, 0.0, 1.0)
+    c.in_range("--l2", cfg.l2, 0.0, math.inf, hi_open=True)
+    c.in_range("--capacity", cfg.capacity, 0.0, math.inf, lo_open=True, hi_open=True)
+    c.known_dataset("--dataset", cfg.dataset, "train")
+    c.device_spec("--device", cfg.device)
+    c.writable_stem("--out", cfg.out)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -104,7 +132,11 @@ def evaluate_bits_per_dim(model: GenerativeModel, images: np.ndarray, device: to
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train (or resume) and write the checkpoint after every epoch; returns the card."""
+    """Train (or resume) and write the checkpoint after every epoch; returns the card.
+
+    Raises :class:`rose_core.errors.InvalidInput` for a bad configuration (:func:`validate_config`).
+    """
+    validate_config(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":
