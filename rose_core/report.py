@@ -4,7 +4,7 @@ Nothing in the report is typed by hand except the paper's published numbers, tra
 :mod:`rose_core.paper` with the table and row each comes from. Our numbers are read from
 ``results/<checkpoint>/`` through :class:`rose_core.results.Results`; datasets that are offline
 stand-ins are marked, and what could not be run is said so. Each section is one function of
-:mod:`rose_core.report_sections`; this module puts them together and writes the file.
+:mod:`rose_core.reporting`; this module puts them together in order and writes the file.
 
 Name mapping: the paper's "ROSE" is ``rose-ekfac`` on the VAE and ``rose-diag`` (InvConv layers)
 on Glow (Appendix B.2); "LR_E" is ``likelihood-regret``, "LRatio" ``likelihood-ratio``,
@@ -19,15 +19,22 @@ import time
 from pathlib import Path
 
 from rose_core.paper import PAPER, PAPER_SETS
-from rose_core.report_sections import SECTIONS, Context, intro
+from rose_core.reporting import experiments, overview, tables
+from rose_core.reporting.context import Context
 from rose_core.results import bundles, results_root
+
+
+SECTIONS = [overview.cannot_run, overview.checkpoints, overview.ood_sets, overview.settings, overview.headline,
+            tables.vae_tables, tables.glow_tables, tables.capacity, tables.fisher_kinds,
+            experiments.brightness, experiments.perturbations, experiments.measurements, overview.reproduce]
+"""The report's sections after the introduction, in order."""
 
 
 def build_report(results: str | os.PathLike | None = None, checkpoints: str | os.PathLike = "checkpoints") -> str:
     """The Markdown text of ``docs/results.md``."""
     root = results_root(results)
     ctx = Context.of(root, Path(checkpoints), bundles(root))
-    lines = intro(ctx, time.strftime("%Y-%m-%d %H:%M"))
+    lines = overview.intro(ctx, time.strftime("%Y-%m-%d %H:%M"))
     for section in SECTIONS:
         lines += section(ctx)
     return "\n".join(lines)
