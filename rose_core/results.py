@@ -130,6 +130,7 @@ class Results:
         except OSError:
             stamp = None
         if self._manifest is None or self._manifest[0] != stamp:
+            self.problems.pop("manifest", None)
             self._manifest = (stamp, self._read_manifest())
         return self._manifest[1]
 

@@ -101,6 +101,13 @@ class AppResults(Results):
             st.warning(self.problems[name])
         return frame
 
+    @property
+    def meta(self) -> dict:
+        m = super().meta
+        if "manifest" in self.problems:
+            st.warning(self.problems["manifest"])
+        return m
+
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _bundle(folder: str, signature: tuple) -> AppResults:

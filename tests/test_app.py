@@ -326,6 +326,19 @@ def test_roc_curves_methods_and_table(app_env):
     assert len(at.dataframe[0].value) == 2
 
 
+def test_damaged_bundle_table_is_named_with_the_command_to_recompute_it(app_env, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(app_env["results"], tmp_path / "results")
+    (tmp_path / "results" / MODEL / "metrics.parquet").write_bytes(b"PAR1 truncated")
+    monkeypatch.setenv("ROSE_RESULTS", str(tmp_path / "results"))
+    at = open_page("pages/3_roc_curves.py")
+    warning = " ".join(texts(at, "warning"))
+    assert "metrics.parquet" in warning and f"python -m rose_core evaluate --checkpoint checkpoints/{MODEL}" in warning
+    # the scores are intact: the curves are drawn, their metrics computed from the scores instead
+    assert chart(at, "vs MNIST (OOD)") and set(at.dataframe[0].value["source"]) == {"computed from scores"}
+
+
 def test_layer_heatmap_toggle(app_env):
     at = open_page("pages/4_layer_auroc.py")
     ek = chart(at, "EKFAC Fisher")
