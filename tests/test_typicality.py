@@ -73,27 +73,6 @@ def _images(n, seed=0):
     return base.clamp(0, 1)
 
 
-class ContractRose(RoseScorer):
-    """The real RoseScorer with the contract's calibration arrays, for as long as rose.py
-    does not provide them itself: calibration = the normalisation set (aggregated ROSE scores
-    and per-sample loss of the same images)."""
-
-    def fit(self, in_dist, calibration=None):
-        super().fit(in_dist)
-        if getattr(self, "calibration_loss", None) is None:
-            z = (self.norm_layer_raw - self.norm_mean) / self.norm_std
-            from rose_core.scorers.rose import aggregate
-            self.calibration_scores = aggregate(z, self.p, self.beta, self.aggregation)
-            src = in_dist[~_norm_mask(len(in_dist), self.fit_fraction)]
-            self.calibration_loss = self.model.per_sample_loss(src).detach().double().numpy()
-        return self
-
-
-def _norm_mask(n, fraction):
-    from rose_core.scorers.rose import split_mask
-    return split_mask(0, n, fraction)
-
-
 # --- exact p-values ---------------------------------------------------------------------------
 
 def test_p_values_exact_on_hand_built_calibration():
@@ -266,9 +245,10 @@ def test_score_makes_one_rose_call_and_fit_none():
     assert [c is None for _, c in rose.fit_calls] == [True, False]
 
 
+@pytest.mark.filterwarnings("ignore::rose_core.scorers.rose.RankDeficientFitWarning")
 def test_real_rose_score_makes_no_extra_forward(monkeypatch):
     vae = _tiny_vae()
-    rose = ContractRose(vae, fisher="diag", batch_size=16).fit(_images(40))
+    rose = RoseScorer(vae, fisher="diag", batch_size=16).fit(_images(40), calibration=_images(20, seed=7))
     sc = RoseTypicalityScorer(rose).fit()
     x = torch.cat([_images(6, seed=1), torch.rand(4, 1, 32, 32)])
     calls = {"score": 0, "forward": 0}
@@ -294,8 +274,34 @@ def test_real_rose_score_makes_no_extra_forward(monkeypatch):
     assert r.extras["layer_raw"].shape == (10, 5) and np.isfinite(r.score).all()
 
 
+@pytest.mark.filterwarnings("ignore::rose_core.scorers.rose.RankDeficientFitWarning")
+def test_real_rose_fit_with_calibration_and_a_saved_fit(tmp_path):
+    vae = _tiny_vae()
+    fit_x, cal = _images(30), _images(20, seed=7)
+    sc = build_scorer("rose+typicality", vae, fisher="diag", batch_size=16, tpr=0.9).fit(fit_x, calibration=cal)
+    rose = sc.rose
+    assert rose.n_fisher == 30 and rose.n_norm == 20
+    # the calibration arrays describe the calibration images: ROSE scores and the model's loss
+    with torch.no_grad():
+        want_loss = vae.per_sample_loss(cal).double().numpy()
+    own = sc.score(cal)
+    np.testing.assert_allclose(rose.calibration_loss, want_loss, rtol=1e-5)
+    np.testing.assert_allclose(own.extras["rose_score"], rose.calibration_scores, rtol=1e-4, atol=1e-9)
+    assert np.mean(own.score <= sc.threshold) >= 0.9
+    # junk far from the calibration images is flagged and names its test
+    junk = sc.score(torch.cat([torch.zeros(1, 1, 32, 32), torch.rand(2, 1, 32, 32)]))
+    assert (junk.score > sc.threshold).all() and (junk.extras["fired"] != "none").all()
+    # a saved and reloaded fit gives the same combined verdict without any pass over images
+    rose.save(tmp_path / "fit")
+    loaded = RoseTypicalityScorer.from_rose(RoseScorer.load(tmp_path / "fit", vae), tpr=0.9)
+    assert loaded.threshold == pytest.approx(sc.threshold)
+    np.testing.assert_allclose(loaded.calibration_combined_scores(), sc.calibration_combined_scores())
+    np.testing.assert_allclose(loaded.score(cal).score, own.score, rtol=1e-6)
+
+
 # --- typicality on a real tiny model ------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::rose_core.scorers.rose.RankDeficientFitWarning")
 def test_typicality_scorer_on_a_tiny_vae():
     vae = _tiny_vae()
     cal, x = _images(30), torch.cat([_images(5, seed=1), torch.rand(3, 1, 32, 32), torch.zeros(1, 1, 32, 32)])
