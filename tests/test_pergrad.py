@@ -235,3 +235,15 @@ def test_unused_layer_has_zero_gradient():
     m = Unused()
     _, g = per_sample_grads(m, torch.randn(2, 3), ["a", "b"])
     assert g["b"].abs().sum() == 0 and g["a"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape, k, d, p, s", [((3, 2, 9, 7), 3, 1, 1, 2), ((2, 4, 16, 16), 4, 1, 1, 2),
+                                               ((2, 3, 8, 10), (2, 3), (2, 1), (0, 2), (1, 3)),
+                                               ((1, 1, 5, 5), 5, 1, 0, 1)])
+def test_strided_unfold_equals_torch_unfold(shape, k, d, p, s):
+    import torch.nn.functional as F
+
+    from rose_core.pergrad import unfold
+
+    x = torch.randn(shape, dtype=torch.float64)
+    assert torch.equal(unfold(x, k, d, p, s), F.unfold(x, k, dilation=d, padding=p, stride=s))
