@@ -52,6 +52,14 @@ def write_report(results: str | os.PathLike | None = None, out: str | os.PathLik
 
 
 def cli_report(args) -> int:
+    from rose_core.errors import InvalidInput
+
+    root = results_root(args.results)
+    if not root.is_dir():
+        raise InvalidInput(f"--results {root}: no such folder (run `python -m rose_core evaluate` first).")
+    if not any((d / "manifest.json").is_file() for d in root.iterdir() if d.is_dir()):
+        raise InvalidInput(f"--results {root} holds no results bundle (no <checkpoint>/manifest.json); "
+                           "run `python -m rose_core evaluate` first.")
     out = write_report(args.results, args.out, args.checkpoints)
     print(f"wrote {out}")
     return 0

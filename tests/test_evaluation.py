@@ -26,6 +26,44 @@ from rose_core.models import VAE, VAEConfig
 from rose_core.results import TABLES, Results
 
 IN, OOD_A, OOD_B = "tiny-in", "tiny-ood-a", "tiny-ood-b"
+N_FISHER = 24
+"""Fisher images of the default ROSE fit in these tests (``settings.rose``: the tiny set has 60)."""
+
+
+def _fake_defaults():
+    """A small stand-in for ``rose_core.defaults`` with its documented interface (used only while
+    the real module is absent): Fisher on ``n_fisher`` training images, normalisation and
+    calibration on the calibration half of the test split."""
+    import types
+    from dataclasses import asdict, dataclass
+
+    from rose_core.data.preprocess import to_model_input
+    from rose_core.data.splits import calibration_images
+    from rose_core.scorers.rose import RoseScorer
+
+    @dataclass
+    class RoseDefaults:
+        fisher: str
+        layers: str
+        n_fisher: int
+        damping: float
+        p: float
+        beta: float
+        aggregation: str
+
+    def default_rose(model):
+        return RoseDefaults("ekfac" if model.kind == "vae" else "diag", "default", 1000, 1e-3, math.inf, 0.0, "relu")
+
+    def fit_default_rose(model, dataset, *, progress=None, root=None, **overrides):
+        d = {**asdict(default_rose(model)), **overrides}
+        size, channels = model.input_shape[1], model.input_shape[0]
+        x = to_model_input(load_dataset(dataset, "train", n=d["n_fisher"], seed=0, root=root).images, size, channels)
+        cal = to_model_input(calibration_images(dataset, root=root).images, size, channels)
+        return RoseScorer(model, fisher=d["fisher"], layers=d["layers"], damping=d["damping"], p=d["p"],
+                          beta=d["beta"], aggregation=d["aggregation"]).fit(x, calibration=cal)
+
+    return types.SimpleNamespace(RoseDefaults=RoseDefaults, default_rose=default_rose,
+                                 fit_default_rose=fit_default_rose)
 
 
 def _blobs(n: int, seed: int, bright: bool) -> np.ndarray:
@@ -42,6 +80,11 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     mp = pytest.MonkeyPatch()
     mp.setenv("ROSE_DATA", str(root / "data"))
+    try:
+        import rose_core.defaults  # noqa: F401
+    except ImportError:
+        import sys
+        mp.setitem(sys.modules, "rose_core.defaults", _fake_defaults())
     cards = {
         IN: DatasetCard(name=IN, title="tiny in", source="test", licence="none", real=True, splits=("train", "test")),
         OOD_A: DatasetCard(name=OOD_A, title="tiny ood a", source="test", licence="none", real=True),
@@ -69,7 +112,7 @@ METHODS = ["rose-ekfac", "rose-diag", "nll", "input-complexity-png", "likelihood
 
 def _settings(**kw):
     base = dict(n_in=20, n_ood=10, ood_sets=[OOD_A, OOD_B], methods=METHODS, n_fit=24, k=2, batch_size=8, chunk=16,
-                caps={"likelihood-regret": 5}, overall_per_set=6)
+                caps={"likelihood-regret": 5}, overall_per_set=6, rose={"n_fisher": N_FISHER})
     base.update(kw)
     return EvalSettings(**base)
 
@@ -320,3 +363,129 @@ def test_method_registry_parses_and_names_specs():
         ms = default_methods(kind)
         assert {"rose+typicality", "typicality", "nll"} <= set(ms) and all(kind in METHODS[m].kinds for m in ms)
     assert "likelihood-regret" not in default_methods("glow")
+
+
+def test_infinite_scores_rank_and_nan_is_refused():
+    """An +inf OOD score ranks above every finite score (it is not dropped); NaN is an error."""
+    from rose_core.evaluation import compute_metrics, finite_scores, safe_metrics
+
+    m = safe_metrics([0.0, 1.0, 2.0], [np.inf, 3.0])
+    assert m["auroc"] == 1.0 and m["n_ood"] == 2  # nothing dropped
+    assert safe_metrics([0.0, np.inf], [1.0])["auroc"] == 0.5  # the +inf in-distribution image outranks it
+    a, b = finite_scores([-np.inf, 0.0], [np.inf, 5.0])
+    assert np.isfinite(a).all() and np.isfinite(b).all() and a[0] < 0.0 and b[0] > 5.0
+    with pytest.raises(ValueError, match="NaN"):
+        safe_metrics([0.0, np.nan], [1.0])
+    frame = pd.DataFrame({"dataset": ["i", "i", "o"], "is_ood": [False, False, True], "index": [0, 1, 0],
+                          "method": "m", "perturbation": "none", "strength": np.nan, "repeat": 0,
+                          "score": [0.0, 1.0, np.nan], "nll_nats": np.nan})
+    with pytest.raises(ValueError, match="m on o"):
+        compute_metrics(frame, "i")
+
+
+def test_samples_come_from_the_split_halves(world, bundle):
+    """In-distribution evaluation images are evaluation_sample's; calibration rows never reach a metric."""
+    from rose_core.data.splits import calibration_images, evaluation_sample
+    from rose_core.evaluation.sampling import calibration_indices, evaluation_indices
+
+    full = load_dataset(IN, "test")
+    for n, seed in [(20, 0), (7, 0), (7, 3)]:
+        np.testing.assert_array_equal(full.images[evaluation_indices(IN, n, seed)],
+                                      evaluation_sample(IN, n, seed).images)
+    np.testing.assert_array_equal(full.images[calibration_indices(IN, 5)], calibration_images(IN, 5).images)
+    assert not set(evaluation_indices(IN, None, 0)) & set(calibration_indices(IN))
+
+
+def test_default_rose_and_typicality_methods(world, bundle):
+    """Plain ROSE is the project's default fit (calibrated on the calibration half); the typicality
+    methods reproduce their scorers on that fit; training-split variants keep their own fit."""
+    from rose_core.scorers.rose import RoseScorer
+    from rose_core.scorers.typicality import RoseTypicalityScorer, TypicalityScorer
+
+    ev = _ev(world, methods=["rose-ekfac", "typicality", "rose+typicality", "rose-ekfac:n_fit=24,normalization=same"])
+    ev.table2()
+    fits = ev.bundle.manifest["fits"]
+    assert fits["rose-ekfac"]["key"]["definition"] == "rose_core.defaults.fit_default_rose"
+    assert fits["rose-ekfac"]["n_fisher"] == N_FISHER and fits["rose-ekfac"]["calibrated"] is True
+    legacy = fits["rose-ekfac-n_fit-24-normalization-same"]["key"]
+    assert legacy["split"] == "train" and legacy["n_fit"] == 24 and "definition" not in legacy
+    s = ev.bundle.table("scores")
+    idx = np.sort(s.loc[(s["method"] == "typicality") & (s["dataset"] == OOD_A), "index"].to_numpy())
+    x = ev.inputs(OOD_A, idx)
+    fit = RoseScorer.load(ev.bundle.folder / "fits" / "rose-ekfac", ev.model)
+    want_typ = TypicalityScorer(ev.model).fit_losses(fit.calibration_loss).score(x).score
+    want_comb = RoseTypicalityScorer(fit).fit().score(x).score
+    for method, want in (("typicality", want_typ), ("rose+typicality", want_comb)):
+        got = s[(s["method"] == method) & (s["dataset"] == OOD_A)].set_index("index").loc[idx, "score"]
+        np.testing.assert_allclose(got.to_numpy(), want, rtol=1e-5, atol=1e-5)
+    # the option of a spec overrides the default's field: another fit
+    assert ev._rose_fit_key(parse_method("rose-ekfac:n_fisher=12"))["n_fisher"] == 12
+
+
+def test_stress_preset_thresholds_from_the_calibration_half(world, bundle):
+    from rose_core.evaluation import CALIBRATION
+    from rose_core.metrics import threshold_at_tpr
+
+    cards = {"tiny-stress-ood": "ood", "tiny-stress-benign": "benign"}
+    for name, group in cards.items():
+        register(DatasetCard(name=name, title=name, source="test", licence="none", real=False, stress_group=group),
+                 lambda split, bright=(group == "benign"), seed=len(name): (_blobs(16, seed, bright), None))
+    try:
+        ev = _ev(world, methods=["nll", "rose-diag", "rose+typicality"])
+        out = ev.stress(sets={"ood": ["tiny-stress-ood"], "benign": ["tiny-stress-benign"]})
+        assert set(out["group"]) == {"in-distribution", "ood", "benign"}
+        assert len(out) == 3 * 3
+        s = ev.bundle.table("scores")
+        cal = s[(s["method"] == "nll") & (s["perturbation"] == CALIBRATION)]
+        assert len(cal) == 20 and not cal["is_ood"].any()  # the calibration half of 40 test images
+        row = out[(out["method"] == "nll") & (out["group"] == "in-distribution")].iloc[0]
+        t = threshold_at_tpr(cal["score"], 0.95)
+        ind = s[(s["method"] == "nll") & (s["dataset"] == IN) & (s["perturbation"] == "none")]["score"]
+        assert row["threshold"] == pytest.approx(t) and row["flagged"] == pytest.approx(float(np.mean(ind > t)))
+        comb = out[(out["method"] == "rose+typicality") & (out["group"] == "benign")].iloc[0]
+        assert comb["threshold"] == pytest.approx(ev.scorer("rose+typicality").threshold_at(0.95))
+        assert "leave-one-out" in comb["threshold_rule"]
+        metrics = ev.bundle.table("metrics")
+        assert CALIBRATION not in set(metrics["perturbation"])
+        assert "tiny-stress-ood" not in ev.bundle.manifest["overall"]["composition"]["nll"]
+        assert list(pd.read_parquet(ev.bundle.folder / "stress.parquet").columns)[:4] == [
+            "method", "dataset", "group", "n_images"]
+        assert "stress" in ev.bundle.manifest["experiments"]
+    finally:
+        for name in cards:
+            registry._REGISTRY.pop(name, None)
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--preset", "table99"], "unknown preset 'table99'"),
+    (["--methods", "rose-foo"], "Unknown method 'rose-foo'"),
+    (["--methods", "nll:k=3"], "takes no option"),
+    (["--ood-sets", "no-such-set"], "not a known dataset"),
+    (["--cap", "likelihood-regret=lots"], "whole number"),
+    (["--rose", "bogus=1"], "--rose takes"),
+    (["--n-ood", "0"], "--n-ood must be >= 1"),
+])
+def test_cli_evaluate_refuses_bad_arguments_before_loading(world, monkeypatch, capsys, extra, words):
+    import rose_core.checkpoint
+    from rose_core.cli import main
+
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(rose_core.checkpoint, "load_model", boom)
+    argv = ["evaluate", "--checkpoint", str(world / "ckpt" / "tiny-vae"), "--results", str(world / "results"),
+            "--quiet", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and words in err and "Traceback" not in err
+
+
+def test_cli_report_refuses_a_missing_or_empty_results_folder(tmp_path, capsys):
+    from rose_core.cli import main
+
+    out = tmp_path / "results.md"
+    for folder in (tmp_path / "nowhere", tmp_path):
+        assert main(["report", "--results", str(folder), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and str(folder) in err
+    assert not out.exists()
