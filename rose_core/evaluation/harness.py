@@ -199,7 +199,7 @@ class Evaluation(PaperPresets, SpeedPresets, StressPreset, Store, Scorers, Sampl
     def _rose_layers(self, rose_spec: MethodSpec, unit: Unit, idx: np.ndarray, x: torch.Tensor, tick,
                      need_loss: bool) -> tuple:
         """``(raw, z, names, loss)`` of ``rose_spec``'s fit on the unit's images: memoised per fit, read
-        back from ``layers.parquet`` for an aggregation variant, else scored (counted for ``count_as``)."""
+        back from ``layers.parquet`` for an aggregation variant, else scored (counted for the unit's method)."""
         sc = self.rose_scorer(rose_spec.name)
         lkey = (digest(self._rose_fit_key(rose_spec)), unit.key.split("|", 1)[1], digest(np.asarray(idx).tolist()))
         if lkey not in self._layer_memo and not rose_spec.is_main_rose and unit.perturbation == "none" \

@@ -82,6 +82,11 @@ class RoseView:
         return ScoreResult(aggregate(r.extras["layer_z"], self.p, self.beta, self.aggregation), r.extras)
 
 
+def _layers(layers):
+    """A layer selection as JSON keeps it (a name list, not a tuple), so stored keys compare equal."""
+    return list(layers) if isinstance(layers, (list, tuple)) else layers
+
+
 def _fields(obj) -> dict:
     return asdict(obj) if is_dataclass(obj) else dict(vars(obj))
 
@@ -170,7 +175,7 @@ class Scorers:
                     "seed": s.seed, "dataset": self.in_dataset, "split": "train", "weights": self.weights_hash}
         d = self.default_rose_fields()
         return {"definition": "rose_core.defaults.fit_default_rose", "fisher": spec.fisher,
-                "layers": o.get("layers", d["layers"]), "n_fisher": int(o.get("n_fisher", d["n_fisher"])),
+                "layers": _layers(o.get("layers", d["layers"])), "n_fisher": int(o.get("n_fisher", d["n_fisher"])),
                 "damping": float(o.get("damping", d["damping"])), "dataset": self.in_dataset,
                 "calibration": "calibration half of the test split", "weights": self.weights_hash}
 
@@ -249,6 +254,7 @@ class Scorers:
         from rose_core.defaults import fit_default_rose
 
         d = self.default_rose_fields()
+        d["layers"] = _layers(d["layers"])
         overrides = {k: fit_key[k] for k in ("fisher", "layers", "n_fisher", "damping") if fit_key[k] != d[k]}
         self._report(0, 0, f"fitting {spec.name} (the default ROSE{', ' + str(overrides) if overrides else ''})")
         return fit_default_rose(self.model, self.in_dataset, **overrides)
