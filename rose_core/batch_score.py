@@ -304,13 +304,15 @@ def load_calibration(fit_path: str | os.PathLike) -> np.ndarray | None:
     try:
         with open(p, "rb") as fh:
             magic = fh.read(6)
-        if magic != b"\x93NUMPY":   # np.load would call any other file "pickled (object) data"
-            raise CheckpointError(f"Calibration file {p} is not a NumPy .npy file (it was not written by "
-                                  f"`python -m rose_core fit`, or it was replaced); {fix}.")
+    except OSError as exc:
+        raise CheckpointError(f"Calibration file {p} cannot be read ({exc.strerror or exc}).") from None
+    if magic != b"\x93NUMPY":   # np.load would call any other file "pickled (object) data"
+        raise CheckpointError(f"Calibration file {p} is not a NumPy .npy file (it was not written by "
+                              f"`python -m rose_core fit`, or it was replaced); {fix}.")
+    try:
         values = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        reason = "it holds Python objects, not numbers" if "pickle" in str(exc) else \
-            "it is truncated or damaged" if isinstance(exc, (ValueError, EOFError)) else (exc.strerror or str(exc))
+    except Exception as exc:   # a damaged .npy header raises ValueError, SyntaxError, tokenize.TokenError, …
+        reason = "it holds Python objects, not numbers" if "pickle" in str(exc) else "it is truncated or damaged"
         raise CheckpointError(f"Calibration file {p} cannot be read ({reason}); {fix}.") from None
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or len(values) == 0 or not np.isfinite(values).all():
@@ -605,6 +607,10 @@ def _check_fit_args(args) -> None:
                optional=True)
     c.in_range("--damping", getattr(args, "damping", None), 0.0, math.inf, hi_open=True, optional=True)
     _check_model_args(args)
+    if args.dataset is None:   # the checkpoint's training set: its card names it (a small JSON read)
+        from rose_core.checkpoint import read_card
+
+        c.known_dataset("the checkpoint's dataset", read_card(args.checkpoint).get("dataset"), args.split)
     c.known_dataset("--dataset", args.dataset, args.split)
     c.writable_stem("--out", args.out, (".json", ".safetensors", ".calibration.npy"))
 
