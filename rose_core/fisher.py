@@ -283,28 +283,32 @@ class LayerwiseFisher:
         """Per layer, the numbers that say whether its fit is well posed (see :meth:`rank_problems`).
 
         Keys: ``images`` (samples in the fit), ``positions`` (per image), ``dims`` (``{factor: dimension}``),
-        ``ranks`` (``{factor: numerical rank}``; rank = eigenvalues (EKFAC) or diagonal entries (DIAG)
-        above ``dim · ε₃₂ · max`` — the float32 noise floor of the statistics, as numpy's
-        ``matrix_rank`` counts), ``min_images`` (the fewest images that can make every factor full
-        rank: ``ceil(dim / positions)``).
+        ``min_images`` (``{factor: ceil(dim / positions)}``, the fewest images whose statistics can
+        have full rank), ``ranks`` (``{factor: numerical rank}``: eigenvalues (EKFAC) or diagonal
+        entries (DIAG) above ``dim · ε₃₂ · max``, numpy's ``matrix_rank`` convention at the float32
+        noise floor of the statistics — informational: a ReLU network's activations have genuinely
+        near-empty directions, e.g. inactive units, that no number of images fills).
         """
         raise NotImplementedError
 
     def rank_problems(self) -> list[str]:
-        """One sentence per layer whose statistics are rank-deficient (empty when all are full rank).
+        """One sentence per factor that is rank-deficient *by construction*: fitted on fewer
+        image-positions than its dimension (``images · positions < dim``), so its rank is at most
+        ``images · positions`` whatever the data (empty when every factor has enough).
 
-        A rank-deficient factor has directions with (numerically) zero variance; relative damping
-        then gives them a weight of ~1/λ, so the layer score measures the distance from the span
-        of the fit images instead of ``gᵀF⁻¹g``. The remedy is more fit images.
+        Such a factor has directions of exactly zero estimated variance; relative damping then
+        gives them a weight of ~1/λ, and the layer score measures the distance from the span of
+        the fit images instead of ``gᵀF⁻¹g``. The remedy is more fit images.
         """
         out = []
         for name, c in self.conditioning().items():
             for factor, dim in c["dims"].items():
-                rank = c["ranks"][factor]
-                if rank < dim:
-                    out.append(f"Layer {name!r}: its {factor} (dimension {dim}) has numerical rank {rank} from "
-                               f"{c['images']} image(s) × {c['positions']} position(s); fit on at least "
-                               f"{c['min_images']} images (the defaults use 4× that).")
+                have = c["images"] * c["positions"]
+                if have < dim:
+                    out.append(f"Layer {name!r}: its {factor} (dimension {dim}) was estimated from "
+                               f"{c['images']} image(s) × {c['positions']} position(s), so its rank is at most "
+                               f"{have}; fit on at least {c['min_images'][factor]} images (the defaults use "
+                               f"4× the largest such number).")
         return out
 
     def to(self, device: str | torch.device) -> "LayerwiseFisher":
@@ -454,7 +458,7 @@ class DiagFisher(LayerwiseFisher):
             dim = f.numel()
             rank = int((f > f.max() * dim * _EPS32).sum()) if float(f.max()) > 0 else 0
             out[name] = {"images": int(st["count"]), "positions": 1, "dims": {"diagonal": dim},
-                         "ranks": {"diagonal": rank}, "min_images": 1}
+                         "ranks": {"diagonal": rank}, "min_images": {"diagonal": 1}}
         return out
 
     def fisher(self, name: str) -> torch.Tensor:
@@ -651,7 +655,8 @@ class EkfacFisher(LayerwiseFisher):
                 ranks[factor] = int((ev > top * dim * _EPS32).sum()) if top > 0 else 0
             out[name] = {"images": images, "positions": positions,
                          "dims": {"input factor A": d, "output factor B": c}, "ranks": ranks,
-                         "min_images": -(-max(c, d) // max(1, positions))}
+                         "min_images": {"input factor A": -(-d // max(1, positions)),
+                                        "output factor B": -(-c // max(1, positions))}}
         return out
 
     def sigma(self, name: str) -> torch.Tensor:

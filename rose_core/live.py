@@ -1,40 +1,42 @@
 """Live scoring of individual images for the app (no Streamlit here).
 
-:class:`LiveScorer` wraps one model checkpoint and one fitted ROSE scorer and
-answers, for any uint8 images: the preprocessed model input, the NLL in nats
-and bits/dim, the ROSE score, the verdict against a threshold calibrated on
-in-distribution data at a chosen TPR, the empirical p-value and the per-layer
-z-scores.
+:class:`LiveScorer` wraps one model checkpoint and its default ROSE scorer
+(:mod:`rose_core.defaults`: the same fit, calibration and Fisher as the CLI and
+the harness) and answers, for any uint8 images: the preprocessed model input,
+the model's loss (or IWAE NLL) in nats and bits/dim, the ROSE score, the
+likelihood typicality test, the verdict at a chosen TPR, the p-values and the
+per-layer z-scores.
 
 Where each piece comes from, in order of preference:
 
 * **the ROSE fit**: ``results/<checkpoint>/fits/rose-<fisher>`` written by the
-  evaluation harness (source ``"bundle"``); else a fit the app made before,
-  cached under ``results/cache/live/<checkpoint>/`` (``"cache"``; the folder
-  is git-ignored, so the committed bundle is never touched); else a new fit on
-  ``fit_n`` training images of the dataset on the checkpoint's card, with
-  progress reported through the ``progress`` callback (``"fitted"``). A fit
-  that does not match the model's weights is not used (and the message says
-  so in :attr:`LiveScorer.messages`).
-* **the in-distribution calibration scores** (threshold and p-value): for a
-  bundle fit, the bundle's in-distribution ROSE scores of that method
-  (``scores.parquet``, the harness's in-distribution test images); if the
-  bundle has none, ``calib_n`` in-distribution *test* images are scored. For a
-  fit made here, the held-out normalisation half of the fit images (disjoint
-  from the Fisher half; ``normalization="separate"``).
-* **the NLL**: IWAE with ``k = 20`` importance samples for the VAE (seeded,
-  as the harness computes the ``nll`` method), exact for Glow. An NLL p-value
-  is given where the bundle holds the ``nll`` method's in-distribution scores.
+  evaluation harness (source ``"bundle"``) when it is the default definition
+  (calibrated on held-out images, the default number of Fisher images); else a
+  fit the app made before, cached under ``results/cache/live/<checkpoint>/``
+  (``"cache"``; git-ignored); else a new default fit, with progress reported
+  through the ``progress`` callback (``"fitted"``). A fit that does not match
+  the model's weights, or is not the default definition, is not used, and
+  :attr:`LiveScorer.messages` says why.
+* **calibration** (threshold and p-values): the fit's own calibration images —
+  the calibration half of the in-distribution test split, which no report uses
+  (:mod:`rose_core.data.splits`). The typicality test uses the same images'
+  losses.
+* **the likelihood shown**: the deterministic loss ROSE differentiates by
+  default (−ELBO at z = μ for the VAE, exact NLL for Glow; free), or IWAE with
+  ``k`` importance samples on request (``nll="iwae"``, slower).
 
-Verdict: a sample is called OOD when its ROSE score is **strictly above**
-the threshold :func:`rose_core.metrics.threshold_at_tpr` that keeps a
-fraction ``tpr`` of the in-distribution calibration scores (so ``tpr`` is the
-in-distribution true-positive rate, 95% by default).
+Verdict (:data:`rose_core.defaults.VERDICT` unless the caller picks one):
+``"rose"`` calls a sample OOD when its ROSE score is strictly above the
+threshold that keeps a fraction ``tpr`` of the calibration scores;
+``"rose+typicality"`` thresholds the combined min-p statistic of ROSE's test
+and the two-sided likelihood typicality test
+(:class:`rose_core.scorers.typicality.RoseTypicalityScorer`), calibrated the
+same way. Both p-values are always reported, and :meth:`LiveResult.fired`
+names the test that fired.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import threading
@@ -47,18 +49,19 @@ import pandas as pd
 import torch
 
 from rose_core.checkpoint import card_path, load_model
-from rose_core.data import get_card, load_dataset, prepare_images
+from rose_core.data import load_dataset, prepare_images
 from rose_core.errors import CheckpointError, InvalidInput
-from rose_core.metrics import auroc, empirical_p_value, threshold_at_tpr
+from rose_core.metrics import auroc, threshold_at_tpr
 from rose_core.results import Results, results_root
-from rose_core.scorers.rose import RoseScorer, aggregate
+from rose_core.scorers.rose import RoseScorer
 
-__all__ = ["LiveScorer", "LiveResult", "Progress", "checkpoint_name", "MODEL_KINDS"]
+__all__ = ["LiveScorer", "LiveResult", "Progress", "checkpoint_name", "MODEL_KINDS", "VERDICTS"]
 
 Progress = Callable[[float, str], None]
 """``progress(fraction_done, message)``, fraction in [0, 1]."""
 
 MODEL_KINDS = ("vae", "glow")
+VERDICTS = ("rose", "rose+typicality")
 LN2 = math.log(2.0)
 
 
@@ -87,9 +90,15 @@ class LiveResult:
     score: np.ndarray
     """ROSE score, higher = more out-of-distribution."""
     p_value: np.ndarray
-    """Empirical p-value of the ROSE score against the in-distribution calibration scores."""
-    nll_p_value: np.ndarray
-    """The same for the NLL (NaN when no NLL calibration is available)."""
+    """ROSE's p-value: upper-tail empirical p of the ROSE score among the calibration scores."""
+    p_typicality: np.ndarray
+    """Two-sided empirical p of the model's loss among the calibration images' losses (atypically
+    high *or* low likelihood)."""
+    p_combined: np.ndarray
+    """Bonferroni min-p of the two tests: ``min(1, 2·min(p_value, p_typicality))``."""
+    verdict_score: np.ndarray
+    """The statistic the verdict thresholds: the ROSE score (verdict ``"rose"``) or ``−log p_combined``."""
+    verdict_test: str
     layer_z: np.ndarray
     layer_raw: np.ndarray
     layer_names: list[str]
@@ -100,24 +109,39 @@ class LiveResult:
         return len(self.score)
 
     def is_ood(self, threshold: float) -> np.ndarray:
-        """Verdicts: True where the ROSE score is strictly above ``threshold``."""
-        return self.score > threshold
+        """Verdicts: True where the verdict statistic is strictly above ``threshold``."""
+        return self.verdict_score > threshold
+
+    def fired(self, threshold: float) -> np.ndarray:
+        """Which test called each sample OOD at ``threshold``: ``"rose"``, ``"typicality"``, ``"both"``
+        or ``"none"`` (verdict ``"rose"``: ``"rose"`` or ``"none"``)."""
+        if self.verdict_test == "rose":
+            return np.where(self.score > threshold, "rose", "none")
+        from rose_core.scorers.typicality import combined_score
+
+        rose = combined_score(self.p_value, 1.0, "min-p") > threshold
+        typ = combined_score(1.0, self.p_typicality, "min-p") > threshold
+        return np.where(rose & typ, "both", np.where(rose, "rose", np.where(typ, "typicality", "none")))
 
     def to_frame(self, threshold: float | None = None, tpr: float | None = None) -> pd.DataFrame:
-        """One row per image: name, NLL, bits/dim, ROSE score, p-values, verdict and per-layer z-scores."""
+        """One row per image: name, loss/NLL, bits/dim, ROSE score, p-values, verdict, test that fired
+        and per-layer z-scores."""
         df = pd.DataFrame({
             "image": self.names,
             "nll_nats": self.nll_nats,
             "bits_per_dim": self.bits_per_dim,
             f"{self.method}_score": self.score,
-            "p_value": self.p_value,
-            "nll_p_value": self.nll_p_value,
+            "p_rose": self.p_value,
+            "p_typicality": self.p_typicality,
+            "p_combined": self.p_combined,
         })
         if threshold is not None:
+            df["verdict_test"] = self.verdict_test
             df["threshold"] = threshold
             if tpr is not None:
                 df["tpr"] = tpr
             df["verdict"] = np.where(self.is_ood(threshold), "OOD", "in-distribution")
+            df["fired"] = self.fired(threshold)
         for j, layer in enumerate(self.layer_names):
             df[f"z[{layer}]"] = self.layer_z[:, j]
         return df
@@ -129,52 +153,41 @@ class _Reference:
     loss: np.ndarray
 
 
-class _ProgressBatches:
-    """Re-iterable batches of a tensor that report progress over ``passes`` iterations."""
-
-    def __init__(self, x: torch.Tensor, batch_size: int, passes: int, progress: Progress, label: str) -> None:
-        self.x, self.batch_size, self.passes, self.progress, self.label = x, batch_size, passes, progress, label
-        self._pass = 0
-
-    def __iter__(self):
-        k = self._pass
-        self._pass += 1
-        n = len(self.x)
-        for start in range(0, n, self.batch_size):
-            self.progress(min(1.0, (k + start / max(n, 1)) / self.passes),
-                          f"{self.label}: pass {min(k + 1, self.passes)} of {self.passes}")
-            yield self.x[start:start + self.batch_size]
-
-
 class LiveScorer:
-    """One checkpoint + one fitted ROSE scorer + in-distribution calibration, for scoring images live.
+    """One checkpoint + its default ROSE scorer + held-out calibration, for scoring images live.
 
     Parameters: ``checkpoint`` the path of a model checkpoint (``.json`` card or stem);
-    ``fisher`` ``"ekfac"`` or ``"diag"``; ``results`` the results root (default
-    :func:`rose_core.results.results_root`); ``data_root`` the dataset cache
-    (default ``$ROSE_DATA`` or ``./data``); ``cache_dir`` where fits made here are kept
-    (default ``<results>/cache/live``); ``fit_n`` training images for a new fit;
-    ``calib_n`` test images for calibration when the bundle has none; ``nll_k``
-    importance samples of the VAE's IWAE NLL; ``progress`` a :data:`Progress` callback.
+    ``fisher`` ``None`` (the default per model kind) or ``"ekfac"``/``"diag"``; ``results`` the
+    results root (default :func:`rose_core.results.results_root`); ``data_root`` the dataset
+    cache (default ``$ROSE_DATA`` or ``./data``); ``cache_dir`` where fits made here are kept
+    (default ``<results>/cache/live``); ``n_fisher``/``n_calibration`` override the default fit
+    sizes (``None``: the defaults' rule and the whole calibration half); ``verdict`` ``"rose"`` or
+    ``"rose+typicality"`` (default :data:`rose_core.defaults.VERDICT`); ``nll_k`` importance
+    samples of the VAE's IWAE NLL when asked for; ``progress`` a :data:`Progress` callback.
     """
 
-    def __init__(self, checkpoint: str | os.PathLike, fisher: str = "ekfac", *,
+    def __init__(self, checkpoint: str | os.PathLike, fisher: str | None = None, *,
                  results: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
-                 cache_dir: str | os.PathLike | None = None, fit_n: int = 1000, calib_n: int = 1000,
-                 seed: int = 0, nll_k: int = 20, batch_size: int = 64, device: str = "cpu",
-                 progress: Progress | None = None) -> None:
-        if fisher not in ("ekfac", "diag"):
-            raise ValueError(f"fisher must be 'ekfac' or 'diag', got {fisher!r}.")
-        if fit_n < 4:
-            raise ValueError(f"fit_n must be at least 4 (half Fisher set, half normalisation set), got {fit_n}.")
+                 cache_dir: str | os.PathLike | None = None, n_fisher: int | None = None,
+                 n_calibration: int | None = None, verdict: str | None = None, seed: int = 0, nll_k: int = 20,
+                 batch_size: int = 64, device: str = "cpu", progress: Progress | None = None) -> None:
+        from rose_core.defaults import VERDICT
+
+        if fisher not in (None, "ekfac", "diag"):
+            raise ValueError(f"fisher must be None, 'ekfac' or 'diag', got {fisher!r}.")
+        verdict = VERDICT if verdict is None else verdict
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}.")
+        for label, v in (("n_fisher", n_fisher), ("n_calibration", n_calibration)):
+            if v is not None and (not isinstance(v, int) or v < 2):
+                raise ValueError(f"{label} must be an integer >= 2 or None, got {v!r}.")
         progress = progress or _no_progress
         self.checkpoint = Path(checkpoint)
         self.name = checkpoint_name(checkpoint)
-        self.fisher = fisher
-        self.method = f"rose-{fisher}"
         self.data_root = data_root
-        self.fit_n, self.calib_n, self.seed, self.nll_k = int(fit_n), int(calib_n), int(seed), int(nll_k)
+        self.seed, self.nll_k = int(seed), int(nll_k)
         self.batch_size = int(batch_size)
+        self.verdict = verdict
         self.messages: list[str] = []
         self._lock = threading.Lock()
         self._references: dict[tuple, _Reference] = {}
@@ -186,16 +199,37 @@ class LiveScorer:
                                   f"model ({', '.join(MODEL_KINDS)}).")
         self.channels, self.image_size, _ = self.model.input_shape
         self.dataset = self.card.get("dataset")
+        if not self.dataset:
+            raise CheckpointError(f"The card of {self.checkpoint} does not name its training dataset.")
         self.results = Results.for_checkpoint(self.name, results)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else results_root(results) / "cache" / "live"
+        self._overrides = {k: v for k, v in (("n_fisher", n_fisher),) if v is not None}
+        if fisher is not None:
+            self._overrides["fisher"] = fisher
+        self.n_calibration = n_calibration
+        self.spec = self._spec()
+        self.fisher = self.spec.fisher
+        self.method = f"rose-{self.fisher}"
 
         self.rose, self.fit_source = self._load_or_fit(progress)
         self.layer_names = self.rose.layer_names
-        self.calibration, self.calibration_source = self._calibration(progress)
-        self.nll_calibration = self._bundle_in_dist("nll")
+        self.calibration = self.rose.calibration_scores
+        self.calibration_source = (f"{self.rose.n_norm:,} held-out {self.dataset} test images "
+                                   "(the calibration half, used by no report)")
+        from rose_core.scorers.typicality import RoseTypicalityScorer
+
+        self.combined = RoseTypicalityScorer.from_rose(self.rose, combine="min-p")
         progress(1.0, "Ready")
 
     # --- set-up ------------------------------------------------------------------------------
+    def _spec(self):
+        from dataclasses import replace
+
+        from rose_core.defaults import default_rose
+
+        n_train = len(load_dataset(self.dataset, "train", root=self.data_root))
+        return replace(default_rose(self.model, n_train), **self._overrides)
+
     @property
     def nll_kind(self) -> str:
         return f"IWAE, k = {self.nll_k}" if self.card.get("kind") == "vae" else "exact"
@@ -209,102 +243,77 @@ class LiveScorer:
         return self.results.folder / "fits" / self.method
 
     def _cache_stem(self) -> Path:
-        return self.cache_dir / self.name / f"{self.method}-n{self.fit_n}-seed{self.seed}"
+        cal = "all" if self.n_calibration is None else self.n_calibration
+        return self.cache_dir / self.name / f"{self.method}-fisher{self.spec.n_fisher}-cal{cal}-seed{self.seed}"
+
+    def _usable(self, scorer: RoseScorer, where: str) -> bool:
+        """A loaded fit is used only if it is this definition: held-out calibration with its arrays
+        stored, the default number of Fisher images and the same Fisher."""
+        why = None
+        if not scorer.calibrated or scorer.norm_layer_raw is None or scorer.calibration_loss is None:
+            why = "it was not calibrated on held-out images (or predates stored calibration arrays)"
+        elif scorer.n_fisher != self.spec.n_fisher:
+            why = f"it has {scorer.n_fisher:,} Fisher images, the default is {self.spec.n_fisher:,}"
+        elif self.n_calibration is not None and scorer.n_norm != self.n_calibration:
+            why = f"it has {scorer.n_norm} calibration images, {self.n_calibration} were asked for"
+        if why:
+            self.messages.append(f"The {where} ROSE fit was not used: {why}.")
+        return why is None
 
     def _load_or_fit(self, progress: Progress) -> tuple[RoseScorer, str]:
-        bundle = self._bundle_fit_path()
-        if card_path(bundle).exists():
-            progress(0.05, f"Loading the ROSE fit {card_path(bundle)}")
-            try:
-                return RoseScorer.load(bundle, self.model), "bundle"
-            except CheckpointError as exc:
-                self.messages.append(f"The bundle's ROSE fit was not used: {exc}")
-        stem = self._cache_stem()
-        if card_path(stem).exists() and _calib_path(stem).exists():
+        for stem, source in ((self._bundle_fit_path(), "bundle"), (self._cache_stem(), "cache")):
+            if not card_path(stem).exists():
+                continue
+            progress(0.05, f"Loading the ROSE fit {card_path(stem)}")
             try:
                 scorer = RoseScorer.load(stem, self.model)
-                self._own_calibration = np.load(_calib_path(stem))
-                return scorer, "cache"
-            except (CheckpointError, OSError, ValueError) as exc:
-                self.messages.append(f"The cached fit {stem} was not used ({exc}); refitting.")
+            except CheckpointError as exc:
+                self.messages.append(f"The {source} ROSE fit was not used: {exc}")
+                continue
+            if self._usable(scorer, source):
+                return scorer, source
         return self._fit(progress), "fitted"
 
-    def _in_dist_images(self, split: str, n: int, seed: int) -> np.ndarray:
-        if not self.dataset:
-            raise CheckpointError(f"The card of {self.checkpoint} does not name its training dataset.")
-        splits = get_card(self.dataset).splits
-        if split not in splits:
-            split = splits[0]
-        images = load_dataset(self.dataset, split, n=n, seed=seed, root=self.data_root).images
+    def _fit(self, progress: Progress) -> RoseScorer:
+        from rose_core.defaults import fit_default_rose, fit_work
+
+        total = fit_work(self.model, self.dataset, root=self.data_root, n_calibration=self.n_calibration,
+                         **self._overrides)
+        done = [0]
+        label = (f"Fitting {self.spec.describe(self.n_calibration)} "
+                 f"(one time, then cached: {total:,} images through the model)")
+
+        def step(n: int) -> None:
+            done[0] += n
+            progress(0.05 + 0.9 * min(1.0, done[0] / max(total, 1)), label)
+
+        progress(0.05, label)
+        scorer = fit_default_rose(self.model, self.dataset, progress=step, root=self.data_root, seed=self.seed,
+                                  batch_size=self.batch_size, n_calibration=self.n_calibration, **self._overrides)
+        try:
+            scorer.save(self._cache_stem())
+        except OSError as exc:  # a read-only folder only costs a refit next time
+            self.messages.append(f"The new fit could not be cached ({exc}).")
+        return scorer
+
+    def _in_dist_images(self, n: int, seed: int) -> np.ndarray:
+        """``n`` in-distribution images of the evaluation half of the test split (never calibration)."""
+        from rose_core.data.splits import evaluation_sample
+
+        images = evaluation_sample(self.dataset, n, seed, root=self.data_root).images
         return prepare_images(images, self.image_size, self.channels)
 
     def _to_tensor(self, prepared: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(prepared)).permute(0, 3, 1, 2).float().div_(255.0)
         return t.to(next(self.model.parameters()).device)
 
-    def _fit(self, progress: Progress) -> RoseScorer:
-        progress(0.05, f"Loading {self.fit_n} {self.dataset} training images for the ROSE fit")
-        x = self._to_tensor(self._in_dist_images("train", self.fit_n, self.seed))
-        scorer = RoseScorer(self.model, fisher=self.fisher, batch_size=self.batch_size)
-        passes = (2 if self.fisher == "ekfac" else 1) + 1
-        label = f"Fitting ROSE-{self.fisher.upper()} on {len(x)} {self.dataset} images"
-        batches = _ProgressBatches(x, self.batch_size, passes,
-                                   lambda f, m: progress(0.05 + 0.85 * f, m), label)
-        scorer.fit(batches)
-        z = (scorer.norm_layer_raw - scorer.norm_mean) / scorer.norm_std
-        self._own_calibration = aggregate(z, scorer.p, scorer.beta, scorer.aggregation)
-        try:
-            stem = self._cache_stem()
-            scorer.save(stem)
-            np.save(_calib_path(stem), self._own_calibration)
-        except OSError as exc:  # a read-only folder only costs a refit next time
-            self.messages.append(f"The new fit could not be cached ({exc}).")
-        return scorer
-
-    def _bundle_in_dist(self, method: str) -> np.ndarray | None:
-        try:
-            s = self.results.scores(method)
-        except (OSError, ValueError, KeyError) as exc:
-            self.messages.append(f"The results bundle could not be read ({exc}).")
-            return None
-        s = s[~s["is_ood"].astype(bool)]
-        values = s["score"].to_numpy(dtype=np.float64)
-        values = values[np.isfinite(values)]
-        return values if len(values) >= 2 else None
-
-    def _calibration(self, progress: Progress) -> tuple[np.ndarray, str]:
-        if self.fit_source != "bundle":
-            n = len(self._own_calibration)
-            return self._own_calibration, f"{n} held-out {self.dataset} training images (the normalisation half)"
-        values = self._bundle_in_dist(self.method)
-        if values is not None:
-            return values, f"{len(values)} in-distribution test images of the results bundle"
-        key = hashlib.sha256(card_path(self._bundle_fit_path()).read_bytes()).hexdigest()[:16]
-        path = self.cache_dir / self.name / f"{self.method}-bundlefit-{key}-calib{self.calib_n}.npy"
-        if path.exists():
-            try:
-                values = np.load(path)
-                return values, f"{len(values)} {self.dataset} test images"
-            except (OSError, ValueError):
-                pass
-        progress(0.5, f"Scoring {self.calib_n} {self.dataset} test images for the threshold")
-        x = self._to_tensor(self._in_dist_images("test", self.calib_n, self.seed))
-        parts = []
-        for i in range(0, len(x), self.batch_size):
-            progress(0.5 + 0.45 * i / len(x), f"Calibrating on {len(x)} {self.dataset} test images")
-            parts.append(self.rose.score(x[i:i + self.batch_size]).score)
-        values = np.concatenate(parts)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, values)
-        except OSError:
-            pass
-        return values, f"{len(values)} {self.dataset} test images"
-
     # --- scoring -----------------------------------------------------------------------------
     def threshold(self, tpr: float = 0.95) -> float:
-        """The ROSE threshold that keeps a fraction ``tpr`` of the in-distribution calibration scores."""
-        return threshold_at_tpr(self.calibration, tpr)
+        """The threshold on the verdict statistic that keeps a fraction ``tpr`` of the calibration images
+        in-distribution (ROSE scores; or, for ``"rose+typicality"``, their leave-one-out combined scores)."""
+        if self.verdict == "rose":
+            return threshold_at_tpr(self.calibration, tpr)
+        return self.combined.threshold_at(tpr)
 
     def prepare(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """uint8 images (a batch ``(N, H, W, C)`` or a list of ``(H, W, C)``/``(H, W)`` of any sizes)
@@ -328,20 +337,15 @@ class LiveScorer:
             return loss
         if nll != "iwae":
             raise ValueError(f"nll must be 'iwae' or 'loss', got {nll!r}.")
-        try:
-            from rose_core.scorers.nll import model_nll
-        except ImportError:  # the baselines module is optional for the app
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                with torch.no_grad():
-                    kw = {"k": self.nll_k} if self.card.get("kind") == "vae" else {}
-                    return self.model.nll(x, **kw).double().cpu().numpy()
+        from rose_core.scorers.nll import model_nll
+
         return model_nll(self.model, x, k=self.nll_k, seed=self.seed).numpy()
 
     def score(self, images: np.ndarray | Sequence[np.ndarray], names: Sequence[str] | None = None, *,
-              nll: str = "iwae", progress: Progress | None = None) -> LiveResult:
-        """Score uint8 images (see :meth:`prepare`). ``nll="iwae"`` (the NLL method of the
-        bundle) or ``"loss"`` (the deterministic loss ROSE differentiates, free)."""
+              nll: str = "loss", progress: Progress | None = None) -> LiveResult:
+        """Score uint8 images (see :meth:`prepare`). ``nll="loss"`` reports the deterministic loss ROSE
+        differentiates (free); ``"iwae"`` the IWAE NLL of the harness's ``nll`` method (slower). The
+        typicality test always uses the loss, like its calibration."""
         progress = progress or _no_progress
         prepared = self.prepare(images)
         n = len(prepared)
@@ -349,13 +353,14 @@ class LiveScorer:
         if len(names) != n:
             raise ValueError(f"{len(names)} names for {n} images.")
         n_layers = len(self.layer_names)
-        scores, z, raw, losses, nlls = [], [], [], [], []
+        scores, z, raw, losses, nlls, combined = [], [], [], [], [], []
         x_all = self._to_tensor(prepared)
         with self._lock:
             for i in range(0, n, self.batch_size):
                 progress(i / max(n, 1), f"Scoring images {i + 1}–{min(n, i + self.batch_size)} of {n}")
                 x = x_all[i:i + self.batch_size]
                 r = self.rose.score(x)
+                combined.append(self.combined.combine_result(r))
                 scores.append(r.score)
                 z.append(r.extras["layer_z"])
                 raw.append(r.extras["layer_raw"])
@@ -366,21 +371,23 @@ class LiveScorer:
         score = cat(scores, (0,))
         nll_nats = cat(nlls, (0,)).astype(np.float64)
         dims = self.channels * self.image_size * self.image_size
-        nll_p = (empirical_p_value(self.nll_calibration, nll_nats)
-                 if self.nll_calibration is not None and nll == "iwae" and n else np.full(n, np.nan))
+        extra = (lambda key: cat([c.extras[key] for c in combined], (0,)))
+        p_combined = extra("p_combined")
         return LiveResult(
             names=names, inputs=prepared, nll_nats=nll_nats, bits_per_dim=nll_nats / (dims * LN2),
-            score=score, p_value=empirical_p_value(self.calibration, score) if n else np.zeros(0),
-            nll_p_value=nll_p, layer_z=cat(z, (0, n_layers)), layer_raw=cat(raw, (0, n_layers)),
+            score=score, p_value=extra("p_rose"), p_typicality=extra("p_typicality"), p_combined=p_combined,
+            verdict_score=score if self.verdict == "rose" else cat([c.score for c in combined], (0,)),
+            verdict_test=self.verdict, layer_z=cat(z, (0, n_layers)), layer_raw=cat(raw, (0, n_layers)),
             layer_names=list(self.layer_names), nll_kind=self.nll_kind if nll == "iwae" else self.loss_kind,
             method=self.method)
 
     # --- robustness ---------------------------------------------------------------------------
     def reference(self, n: int = 100, seed: int = 1, progress: Progress | None = None) -> _Reference:
-        """ROSE scores and deterministic losses of ``n`` in-distribution test images (cached)."""
+        """ROSE scores and deterministic losses of ``n`` in-distribution test images of the evaluation
+        half (cached)."""
         key = (n, seed)
         if key not in self._references:
-            r = self.score(self._in_dist_images("test", n, seed), nll="loss", progress=progress)
+            r = self.score(self._in_dist_images(n, seed), nll="loss", progress=progress)
             self._references[key] = _Reference(r.score, r.nll_nats)
         return self._references[key]
 
@@ -405,9 +412,9 @@ class LiveScorer:
 
     def describe(self) -> dict:
         """What the scorer is built from, for display."""
-        return {"checkpoint": self.name, "method": self.method, "fit_source": self.fit_source,
-                "n_fisher": self.rose.n_fisher, "n_norm": self.rose.n_norm, "layers": list(self.layer_names),
-                "calibration": self.calibration_source, "n_calibration": int(len(self.calibration)),
-                "nll": self.nll_kind, "nll_calibration": None if self.nll_calibration is None
-                else int(len(self.nll_calibration)), "messages": list(self.messages)}
+        return {"checkpoint": self.name, "method": self.method, "definition": self.spec.describe(self.rose.n_norm),
+                "fit_source": self.fit_source, "n_fisher": self.rose.n_fisher, "n_norm": self.rose.n_norm,
+                "layers": list(self.layer_names), "calibration": self.calibration_source,
+                "n_calibration": int(len(self.calibration)), "verdict": self.verdict, "nll": self.nll_kind,
+                "messages": list(self.messages)}
 

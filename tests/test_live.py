@@ -1,4 +1,5 @@
-"""LiveScorer: fits, calibration sources, scoring of uint8 images of any size, robustness AUROC.
+"""LiveScorer: the default fit and its held-out calibration, bundle/cache reuse, scoring of uint8
+images of any size, the two verdict tests, robustness AUROC.
 
 Tiny models saved to a temporary folder; the fit data are real Fashion-MNIST images."""
 
@@ -21,6 +22,7 @@ from rose_core.results import Results
 from rose_core.scorers.rose import RoseScorer
 
 FIT_N = 32
+CAL_N = 24
 
 
 @pytest.fixture
@@ -44,8 +46,8 @@ def fitted(tmp_path_factory):
 
 
 def make(ckpt, tmp_path, **kw) -> LiveScorer:
-    kw.setdefault("fit_n", FIT_N)
-    kw.setdefault("calib_n", 40)
+    kw.setdefault("n_fisher", FIT_N)
+    kw.setdefault("n_calibration", CAL_N)
     kw.setdefault("nll_k", 4)
     return LiveScorer(ckpt, results=tmp_path / "results", **kw)
 
@@ -54,13 +56,17 @@ def test_fits_when_nothing_exists_then_uses_the_cache(fitted):
     live, seen, tmp_path = fitted
     ckpt = live.checkpoint
     assert live.fit_source == "fitted" and live.name == "tiny-vae"
-    assert live.rose.n_fisher + live.rose.n_norm == FIT_N
-    assert len(live.calibration) == live.rose.n_norm == FIT_N // 2
+    assert (live.rose.n_fisher, live.rose.n_norm) == (FIT_N, CAL_N) and live.rose.calibrated
+    assert len(live.calibration) == CAL_N and "held-out fashion-mnist test images" in live.calibration_source
+    # calibration = the calibration half of the test split, exactly
+    from rose_core.data.splits import calibration_images
+    cal = to_model_input(calibration_images("fashion-mnist", CAL_N).images, channels=1)
+    np.testing.assert_allclose(live.calibration, live.rose.score(cal).score, rtol=1e-5)
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert any("pass 3 of 3" in m for _, m in seen)  # EKFAC: two Fisher passes + the normalisation pass
+    assert any("Fitting ROSE-EKFAC: Fisher on 32 training images" in m for _, m in seen)
     cached = list((tmp_path / "results" / "cache" / "live" / "tiny-vae").glob("*"))
-    assert {p.suffix for p in cached} >= {".json", ".safetensors", ".npy"}
+    assert {p.suffix for p in cached} >= {".json", ".safetensors"}
     assert not (tmp_path / "results" / "tiny-vae").exists()  # the bundle folder is never written
 
     again = make(ckpt, tmp_path)
@@ -83,12 +89,19 @@ def test_scores_match_the_rose_scorer_and_images_of_any_size(fitted):
     np.testing.assert_allclose(r.score, direct.score)
     np.testing.assert_allclose(r.layer_z, direct.extras["layer_z"])
     np.testing.assert_allclose(r.bits_per_dim, r.nll_nats / (1024 * math.log(2)))
-    assert np.isfinite(r.nll_nats).all() and r.nll_kind == "IWAE, k = 4"
+    assert np.isfinite(r.nll_nats).all() and r.nll_kind == "−ELBO at z = μ"   # the free loss by default
+    np.testing.assert_allclose(r.nll_nats, direct.extras["loss"])
     np.testing.assert_allclose(r.p_value, empirical_p_value(live.calibration, r.score))
-    assert np.isnan(r.nll_p_value).all()  # no bundle, no NLL calibration
-    # IWAE is seeded: the same image gives the same NLL whatever else is in the batch
+    # typicality: two-sided p of the loss among the calibration losses; combined = Bonferroni min-p
+    lo = (1 + (live.rose.calibration_loss[None] <= r.nll_nats[:, None]).sum(1)) / (CAL_N + 1)
+    hi = (1 + (live.rose.calibration_loss[None] >= r.nll_nats[:, None]).sum(1)) / (CAL_N + 1)
+    np.testing.assert_allclose(r.p_typicality, np.minimum(1, 2 * np.minimum(lo, hi)))
+    np.testing.assert_allclose(r.p_combined, np.minimum(1, 2 * np.minimum(r.p_value, r.p_typicality)))
+    # IWAE on request, seeded: the same image gives the same NLL whatever else is in the batch
+    iw = live.score(images, nll="iwae")
+    assert iw.nll_kind == "IWAE, k = 4"
     again = live.score(images[:1], nll="iwae")
-    np.testing.assert_allclose(again.nll_nats, r.nll_nats[:1], rtol=1e-6)
+    np.testing.assert_allclose(again.nll_nats, iw.nll_nats[:1], rtol=1e-6)
 
     t = live.threshold(0.9)
     assert t == threshold_at_tpr(live.calibration, 0.9)
@@ -96,6 +109,7 @@ def test_scores_match_the_rose_scorer_and_images_of_any_size(fitted):
     assert list(df["image"]) == ["a", "b", "c"]
     assert set(df["verdict"]) <= {"OOD", "in-distribution"}
     assert (df["verdict"] == "OOD").tolist() == (r.score > t).tolist()
+    assert set(df["fired"]) <= {"rose", "none"} and r.verdict_test == live.verdict
     assert [c for c in df.columns if c.startswith("z[")] == [f"z[{n}]" for n in live.layer_names]
     # at TPR 100% no calibration image is above the threshold
     assert (live.calibration <= live.threshold(1.0)).all()
@@ -107,45 +121,59 @@ def test_scores_match_the_rose_scorer_and_images_of_any_size(fitted):
         live.score([np.zeros((2, 3, 4, 5), np.uint8)])
 
 
-def _write_bundle(tmp_path, model, fisher="diag", with_scores=True):
-    """A bundle fit for ``model`` and (optionally) its in-distribution scores, as the harness writes them."""
-    fit_x = to_model_input(load_dataset("fashion-mnist", "train", n=24, seed=5).images, channels=1)
-    scorer = RoseScorer(model, fisher=fisher).fit(fit_x)
+def _write_bundle(tmp_path, model, fisher="diag", held_out=True, n_fisher=FIT_N):
+    """A bundle fit for ``model`` as the harness writes it (``held_out``: the default definition)."""
+    from rose_core.defaults import fit_default_rose
+
+    if held_out:
+        scorer = fit_default_rose(model, "fashion-mnist", fisher=fisher, n_fisher=n_fisher, n_calibration=CAL_N)
+    else:   # the old kind: normalised on a split of the training images
+        fit_x = to_model_input(load_dataset("fashion-mnist", "train", n=2 * n_fisher, seed=5).images, channels=1)
+        scorer = RoseScorer(model, fisher=fisher).fit(fit_x)
     res = Results.for_checkpoint("tiny-vae", tmp_path / "results")
     scorer.save(res.folder / "fits" / f"rose-{fisher}")
-    test_x = to_model_input(load_dataset("fashion-mnist", "test", n=20, seed=6).images, channels=1)
-    in_scores = scorer.score(test_x).score
-    if with_scores:
-        rows = pd.DataFrame({"dataset": "fashion-mnist", "is_ood": False, "index": np.arange(20),
-                             "method": f"rose-{fisher}", "perturbation": "none", "strength": np.nan,
-                             "repeat": 0, "score": in_scores, "nll_nats": np.nan})
-        nll = rows.assign(method="nll", score=np.linspace(2000, 2500, 20), nll_nats=np.linspace(2000, 2500, 20))
-        res.write("scores", pd.concat([rows, nll], ignore_index=True))
     res.write_manifest({"checkpoint": "tiny-vae"})
-    return scorer, in_scores
+    return scorer
 
 
 def test_uses_the_bundle_fit_and_its_calibration(tiny_ckpt, tmp_path):
     ckpt, model = tiny_ckpt
-    fitted, in_scores = _write_bundle(tmp_path, model)
+    fitted = _write_bundle(tmp_path, model)
     live = make(ckpt, tmp_path, fisher="diag")
     assert live.fit_source == "bundle"
-    np.testing.assert_allclose(np.sort(live.calibration), np.sort(in_scores))
-    assert "20 in-distribution test images of the results bundle" == live.calibration_source
+    np.testing.assert_array_equal(live.calibration, fitted.calibration_scores)
     images = load_dataset("mnist", "test", n=4, seed=0).images
     r = live.score(images)
     np.testing.assert_allclose(r.score, fitted.score(to_model_input(images, channels=1)).score)
-    assert np.isfinite(r.nll_p_value).all()  # the bundle has the nll method's in-distribution scores
+    assert np.isfinite(r.p_typicality).all()
     assert live.describe()["fit_source"] == "bundle"
 
 
-def test_bundle_fit_without_scores_is_calibrated_on_test_images(tiny_ckpt, tmp_path):
+@pytest.mark.parametrize("held_out, n_fisher, why", [(False, FIT_N, "not calibrated on held-out images"),
+                                                     (True, 16, "16 Fisher images")])
+def test_a_bundle_fit_of_another_definition_is_not_used(tiny_ckpt, tmp_path, held_out, n_fisher, why):
     ckpt, model = tiny_ckpt
-    _write_bundle(tmp_path, model, with_scores=False)
-    live = make(ckpt, tmp_path, fisher="diag", calib_n=16)
-    assert live.fit_source == "bundle" and len(live.calibration) == 16
-    assert "test images" in live.calibration_source
-    assert make(ckpt, tmp_path, fisher="diag", calib_n=16).calibration_source == live.calibration_source
+    _write_bundle(tmp_path, model, held_out=held_out, n_fisher=n_fisher)
+    live = make(ckpt, tmp_path, fisher="diag")
+    assert live.fit_source == "fitted" and any(why in m for m in live.messages)
+
+
+def test_combined_verdict_keeps_its_tpr_and_names_the_test(fitted):
+    live = fitted[0]
+    combo = LiveScorer(live.checkpoint, results=live.results.folder.parent, n_fisher=FIT_N,
+                       n_calibration=CAL_N, verdict="rose+typicality")
+    assert combo.fit_source == "cache"
+    t = combo.threshold(0.9)
+    cal_scores = combo.combined.calibration_combined_scores()
+    assert (cal_scores <= t).mean() >= 0.9
+    junk = [np.zeros((28, 28), np.uint8), np.full((28, 28), 255, np.uint8)]
+    r = combo.score(junk)
+    np.testing.assert_allclose(r.verdict_score, -np.log(r.p_combined))
+    fired = r.fired(t)
+    assert set(fired) <= {"rose", "typicality", "both", "none"}
+    assert ((fired != "none") == r.is_ood(t)).all()
+    with pytest.raises(ValueError, match="verdict"):
+        LiveScorer(live.checkpoint, verdict="fisher")
 
 
 def test_a_bundle_fit_of_other_weights_is_not_used(tiny_ckpt, tmp_path):
@@ -176,9 +204,11 @@ def test_glow_inputs_follow_the_model_size(tmp_path):
     glow.per_sample_loss(torch.rand(8, 1, 8, 8))
     glow.eval()
     save_model(glow, tmp_path / "ckpt" / "tiny-glow", dataset="fashion-mnist", epochs=0)
-    live = LiveScorer(tmp_path / "ckpt" / "tiny-glow", results=tmp_path / "results", fit_n=16, fisher="diag")
+    live = LiveScorer(tmp_path / "ckpt" / "tiny-glow", results=tmp_path / "results", n_fisher=16,
+                      n_calibration=8)
+    assert live.fisher == "diag"   # the default per model kind
     r = live.score([np.full((30, 30), 100, np.uint8)])
-    assert r.inputs.shape == (1, 8, 8, 1) and r.nll_kind == "exact"
+    assert r.inputs.shape == (1, 8, 8, 1) and r.nll_kind == "exact NLL"
     assert np.isfinite(r.score).all() and np.isfinite(r.nll_nats).all()
 
 
@@ -188,6 +218,6 @@ def test_errors_say_what_is_wrong(tmp_path, tiny_ckpt):
     ckpt, model = tiny_ckpt
     save_model(model, tmp_path / "ckpt" / "svhn-vae", dataset="svhn", epochs=0)
     with pytest.raises(DatasetUnavailable):
-        LiveScorer(tmp_path / "ckpt" / "svhn-vae", results=tmp_path / "results", fit_n=8)
+        LiveScorer(tmp_path / "ckpt" / "svhn-vae", results=tmp_path / "results", n_fisher=8)
     with pytest.raises(ValueError, match="fisher"):
         LiveScorer(ckpt, fisher="kfac")
