@@ -157,6 +157,33 @@ def test_kill_9_mid_score_second_writer_orphans_and_resume(env, tmp_path, caplog
     assert resumed["verdict"].equals(whole["verdict"])
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
+def test_worker_watchdog_alone_ends_an_orphan(tmp_path):
+    # As on a system without prctl: only the parent-pid watchdog thread is left to end the worker.
+    script = (
+        "import os, sys, time\n"
+        "from rose_core import worker_guard\n"
+        "worker_guard._set_parent_death_signal = lambda: False\n"
+        "init = worker_guard.worker_init_fn()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    init(0)\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "print(pid, flush=True)\n"
+        "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(0.2)
+    assert _alive(child)
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.time() + 5
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the watchdog did not end the orphaned worker"
+
+
 def test_two_writers_started_together(env, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
