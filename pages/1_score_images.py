@@ -12,9 +12,11 @@ from rose_core.errors import RoseError
 from rose_core.imageio import InvalidImage, decode_image
 from rose_core.labels import dataset_label, method_label
 from studio import state
+from studio import verdict as verdict_words
 from studio import widgets as ui
 from studio.format import upscale
 from studio.paths import data_dir
+from studio.verdict import p_text
 
 MAX_CARDS = 24
 JPEG_FORMATS = ("JPEG", "MPO")
@@ -85,26 +87,36 @@ if live is None:
 
 key = ("score", state.live_key(name, fisher), state.digest(*names, *images))
 result = state.computed(key, lambda progress: live.score(images, names, progress=progress),
-                     f"Scoring {len(images)} image(s) with {name}")
+                        f"Scoring {len(images)} image(s) with {name}")
 threshold = live.threshold(tpr)
 verdicts = result.is_ood(threshold)
+fired = result.fired(threshold)
 
-st.markdown(f"**Threshold** {threshold:.3f} on the {method_label(live.method)} score: it keeps {tpr:.0%} of "
-            f"{live.calibration_source} below it. **p-value** = rank of the score among those in-distribution "
-            f"scores (small = unusual). NLL: {result.nll_kind}.")
+if result.verdict_test == "rose":
+    rule = (f"**Verdict test: ROSE.** Threshold {threshold:.3f} on the {method_label(live.method)} score; it keeps "
+            f"{tpr:.0%} of {live.calibration_source} below it.")
+else:
+    rule = (f"**Verdict test: ROSE + likelihood typicality.** OOD when the combined p-value is below "
+            f"{p_text(math.exp(-threshold))} (threshold {threshold:.3f} on −log p), which keeps {tpr:.0%} of "
+            f"{live.calibration_source} in-distribution.")
+st.markdown(f"{rule}  \n{verdict_words.meaning(result.verdict_test, tpr)}  \nLikelihood shown: {result.nll_kind}.")
 for msg in live.messages:
     st.caption(f"Note: {msg}")
 if live.fit_source != "bundle":
-    st.caption(f"ROSE fit made here on {live.rose.n_fisher + live.rose.n_norm} {live.dataset} training images "
-               "(the results bundle has no fit for this model yet).")
+    st.caption(f"ROSE fit made on this machine ({live.describe()['definition']}); the results bundle has no "
+               "fit of this definition for this model.")
 
 frame = result.to_frame(threshold=threshold, tpr=tpr)
-summary = frame[["image", "verdict", f"{live.method}_score", "p_value", "nll_nats", "bits_per_dim"]]
+summary = frame[["image", "verdict", "fired", f"{live.method}_score", "p_rose", "p_typicality", "p_combined",
+                 "nll_nats", "bits_per_dim"]]
 n_ood = int(verdicts.sum())
 st.subheader(f"{len(result)} image(s) scored: {n_ood} OOD, {len(result) - n_ood} in-distribution")
 st.dataframe(summary, hide_index=True, column_config={
+    "fired": st.column_config.TextColumn("test that fired"),
     f"{live.method}_score": st.column_config.NumberColumn("ROSE score", format="%.3f"),
-    "p_value": st.column_config.NumberColumn("p-value", format="%.4f"),
+    "p_rose": st.column_config.NumberColumn("p ROSE", format="%.4f"),
+    "p_typicality": st.column_config.NumberColumn("p typicality", format="%.4f"),
+    "p_combined": st.column_config.NumberColumn("p combined", format="%.4f"),
     "nll_nats": st.column_config.NumberColumn("NLL (nats)", format="%.1f"),
     "bits_per_dim": st.column_config.NumberColumn("bits/dim", format="%.3f")}, key="score_table")
 st.download_button("Download all results (CSV)", frame.to_csv(index=False).encode(), file_name=f"rose-{name}.csv",
@@ -112,17 +124,21 @@ st.download_button("Download all results (CSV)", frame.to_csv(index=False).encod
 
 if len(result) > MAX_CARDS:
     st.caption(f"Details for the first {MAX_CARDS} images; the table and the CSV hold all {len(result)}.")
-flat = live.rose.p == math.inf and live.rose.aggregation == "relu" and np.all(np.asarray(live.rose.beta) == 0)
+# the per-layer z threshold equals the verdict's only for ROSE alone with a plain max of the z-scores
+flat = (result.verdict_test == "rose" and live.rose.p == math.inf and live.rose.aggregation == "relu"
+        and np.all(np.asarray(live.rose.beta) == 0))
+jpeg_names = set(jpegs)
 for i in range(min(len(result), MAX_CARDS)):
+    v = verdict_words.describe(str(fired[i]), result.p_value[i], result.p_typicality[i], result.p_combined[i],
+                               result.verdict_test)
     with st.container(border=True):
         left, mid, right = st.columns([1, 1.3, 3])
         left.image(upscale(result.inputs[i]), caption=f"model input {result.inputs.shape[1]}×{result.inputs.shape[2]}")
-        verdict = ":red[**OOD**]" if verdicts[i] else ":green[**in-distribution**]"
-        nll_p = result.nll_p_value[i]
-        mid.markdown(f"**{result.names[i]}**  \n{verdict}  \n"
-                     f"ROSE score **{result.score[i]:.3f}** (threshold {threshold:.3f})  \n"
-                     f"p-value **{result.p_value[i]:.4f}**  \n"
+        headline = f":red[**{v.headline}**]" if v.ood else f":green[**{v.headline}**]"
+        mid.markdown(f"**{result.names[i]}**  \n{headline}  \n{v.detail}  \n"
+                     f"ROSE score **{result.score[i]:.3f}**  \n"
                      f"NLL **{result.nll_nats[i]:.1f}** nats = **{result.bits_per_dim[i]:.3f}** bits/dim"
-                     + ("" if np.isnan(nll_p) else f"  \nNLL p-value {nll_p:.3f}"))
+                     + ("  \n_JPEG upload: re-encoding alone can shift it (see the note above)._"
+                        if result.names[i] in jpeg_names else ""))
         right.plotly_chart(charts.zscore_figure(result.layer_names, result.layer_z[i], threshold if flat else None,
-                                            "per-layer z-scores"), key=f"z_{i}")
+                                                "per-layer z-scores"), key=f"z_{i}")

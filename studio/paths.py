@@ -2,8 +2,9 @@
 
 Checkpoints from ``$ROSE_CHECKPOINTS`` (default ``<repo>/checkpoints``), results bundles from
 ``$ROSE_RESULTS`` (default ``<repo>/results``), dataset caches from ``$ROSE_DATA`` (default
-``<repo>/data``). Live fits use ``$ROSE_LIVE_FIT_N`` training images (default 1000) and the live
-robustness AUROC ``$ROSE_LIVE_N`` images per side (default 64).
+``<repo>/data``). The live scorer is the project's default definition (:mod:`rose_core.defaults`);
+``$ROSE_LIVE_N_FISHER`` / ``$ROSE_LIVE_N_CALIBRATION`` override its fit sizes for quick trials and
+tests. The live robustness AUROC uses ``$ROSE_LIVE_N`` images per side (default 64).
 """
 
 from __future__ import annotations

@@ -5,13 +5,14 @@
   shared by all sessions (a damaged table reads as empty, with a warning saying how to recompute it);
 - long computations (:func:`computed`): run once per key for the whole server, with a progress bar;
 - the live scorer of a checkpoint, kept under :func:`live_key`: the checkpoint's name, the SHA-256 of
-  its weights and of the ROSE fit it loads, and the bundle files it calibrates on. Results computed
+  its weights and of the bundle's ROSE fit (which carries its calibration), the folders it reads. Results computed
   with a scorer are keyed on that too, never on ``id()`` (Python reuses ids of freed objects).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -181,6 +182,17 @@ def file_hash(path: Path) -> str | None:
     return _file_sha256(str(path), s.st_mtime_ns, s.st_size)
 
 
+def live_sizes() -> dict[str, int]:
+    """Fit-size overrides of the live scorer from ``$ROSE_LIVE_N_FISHER`` / ``$ROSE_LIVE_N_CALIBRATION``
+    (unset: the project's default definition, :mod:`rose_core.defaults`; set them only for quick
+    trials and tests, since the verdict is then not the default scorer's)."""
+    out = {}
+    for key, env in (("n_fisher", "ROSE_LIVE_N_FISHER"), ("n_calibration", "ROSE_LIVE_N_CALIBRATION")):
+        if os.environ.get(env):
+            out[key] = env_int(env, 2)
+    return out
+
+
 def live_key(name: str, fisher: str) -> tuple | None:
     """The identity of the live scorer of ``name``: weights, ROSE fit and calibration inputs, by content
     (None when the checkpoint is missing). Equal keys give equal scores."""
@@ -188,12 +200,13 @@ def live_key(name: str, fisher: str) -> tuple | None:
     weights = file_hash(weights_path(card))
     if weights is None or not card.exists():
         return None
-    bundle_folder = results_dir() / name
-    fit = file_hash(bundle_folder / "fits" / f"rose-{fisher}.json")
-    fit_weights = file_hash(bundle_folder / "fits" / f"rose-{fisher}.safetensors")
-    calibration = file_hash(bundle_folder / "scores.parquet")
-    return ("live", name, fisher, weights, fit, fit_weights, calibration, str(results_dir()), str(data_dir()),
-            env_int("ROSE_LIVE_FIT_N", 1000))
+    fits = results_dir() / name / "fits"
+    fit = file_hash(fits / f"rose-{fisher}.json")
+    fit_weights = file_hash(fits / f"rose-{fisher}.safetensors")
+    from rose_core.defaults import VERDICT
+
+    return ("live", name, fisher, weights, fit, fit_weights, str(results_dir()), str(data_dir()),
+            tuple(sorted(live_sizes().items())), VERDICT)
 
 
 def live_scorer(name: str, fisher: str = "ekfac"):
@@ -212,7 +225,7 @@ def live_scorer(name: str, fisher: str = "ekfac"):
         store.pop(old, None)  # an outdated scorer of this model (new weights, fit or bundle): free its memory
     try:
         return computed(key, lambda progress: LiveScorer(path, fisher, results=results_dir(), data_root=data_dir(),
-                                                         fit_n=key[-1], progress=progress),
+                                                         progress=progress, **live_sizes()),
                         f"Preparing ROSE-{fisher.upper()} for {name}")
     except RoseError as exc:
         st.error(f"ROSE cannot be prepared for `{name}`: {exc}")

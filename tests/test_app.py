@@ -27,7 +27,7 @@ from rose_core.live import LiveScorer
 from rose_core.metrics import auroc, ood_metrics
 from rose_core.models import VAE, VAEConfig
 from rose_core.results import Results
-from rose_core.scorers.rose import RoseScorer
+from rose_core.defaults import fit_default_rose
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "tiny-vae"
@@ -42,6 +42,7 @@ SHIFTS = {"rose-ekfac": {"mnist": 3.0, "noise": 6.0, "letters-fonts": 2.5},
           "input-complexity-png": {"mnist": 1.5, "noise": -3.0, "letters-fonts": 1.0},
           "rnd": {"mnist": 0.8, "noise": 2.0, "letters-fonts": 0.3},
           "rnd:path=checkpoints/rnd-fmnist-dct": {"mnist": 0.2, "noise": 3.0, "letters-fonts": 0.9}}
+LIVE_SIZES = {"n_fisher": 12, "n_calibration": 16}
 BRIGHTNESS = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8]
 
 
@@ -137,8 +138,9 @@ def env(tmp_path_factory):
     save_model(model, tmp / "checkpoints" / MODEL, dataset=IN_SET, epochs=3, test_bits_per_dim=4.5)
     save_model(model, tmp / "checkpoints" / "tiny-vae-nobundle", dataset=IN_SET, epochs=1)  # no results bundle
     (tmp / "checkpoints" / "not-a-model.json").write_text('{"scorer": "rnd"}')  # e.g. an RND card: not listed
-    fit_x = to_model_input(load_dataset(IN_SET, "train", n=24, seed=5).images, channels=1)
-    scorer = RoseScorer(model, fisher="ekfac").fit(fit_x)
+    # the default definition (rose_core.defaults) with small sizes, as the app is told by LIVE_SIZES
+    scorer = fit_default_rose(model, IN_SET, n_fisher=LIVE_SIZES["n_fisher"],
+                              n_calibration=LIVE_SIZES["n_calibration"])
     test_x = to_model_input(load_dataset(IN_SET, "test", n=40, seed=6).images, channels=1)
     in_scores = scorer.score(test_x).score
     res = build_synthetic_bundle(tmp / "results", MODEL, rose_in_scores=in_scores, n=40)
@@ -150,7 +152,8 @@ def env(tmp_path_factory):
 def app_env(env, monkeypatch):
     monkeypatch.setenv("ROSE_CHECKPOINTS", str(env["checkpoints"]))
     monkeypatch.setenv("ROSE_RESULTS", str(env["results"]))
-    monkeypatch.setenv("ROSE_LIVE_FIT_N", "24")
+    monkeypatch.setenv("ROSE_LIVE_N_FISHER", str(LIVE_SIZES["n_fisher"]))
+    monkeypatch.setenv("ROSE_LIVE_N_CALIBRATION", str(LIVE_SIZES["n_calibration"]))
     monkeypatch.setenv("ROSE_LIVE_N", "8")
     return env
 
@@ -446,7 +449,7 @@ def test_upload_good_and_bad_files(app_env):
     scored = ["digit.png", "anim.gif", "alpha.png", "deep.png", "cmyk.jpg"]
     assert list(table["image"]) == scored
     # the scores are those of the library's LiveScorer on the same model, fit and calibration
-    live = LiveScorer(app_env["checkpoints"] / f"{MODEL}.json", results=app_env["results"], nll_k=20)
+    live = LiveScorer(app_env["checkpoints"] / f"{MODEL}.json", results=app_env["results"], **LIVE_SIZES)
     assert live.fit_source == "bundle"
     from rose_core.imageio import decode_image
 
@@ -455,7 +458,9 @@ def test_upload_good_and_bad_files(app_env):
     np.testing.assert_allclose(table["rose-ekfac_score"], expected.score, rtol=1e-6)
     np.testing.assert_allclose(table["nll_nats"], expected.nll_nats, rtol=1e-6)
     t95 = live.threshold(0.95)
-    assert list(table["verdict"]) == ["OOD" if s > t95 else "in-distribution" for s in expected.score]
+    assert list(table["verdict"]) == ["OOD" if s > t95 else "in-distribution" for s in expected.verdict_score]
+    assert list(table["fired"]) == list(expected.fired(t95))
+    np.testing.assert_allclose(table["p_typicality"], expected.p_typicality, rtol=1e-9)
     # same image content, same score: the RGBA digit composited on black is the digit itself
     assert table["rose-ekfac_score"].iloc[2] == pytest.approx(table["rose-ekfac_score"].iloc[0])
 
@@ -465,9 +470,10 @@ def test_upload_good_and_bad_files(app_env):
     np.testing.assert_allclose(arr(z[0]["data"][0]["y"]), expected.layer_z[0], rtol=1e-6)
 
     # a stricter TPR moves the threshold up, without rescoring
-    first = [m for m in texts(at, "markdown") if m.startswith("**Threshold**")][0]
+    first = [m for m in texts(at, "markdown") if m.startswith("**Verdict test: ROSE.**")][0]
+    assert "A p-value is the share of held-out in-distribution images" in first
     at.slider(key="score_tpr").set_value(0.80).run()
-    second = [m for m in texts(at, "markdown") if m.startswith("**Threshold**")][0]
+    second = [m for m in texts(at, "markdown") if m.startswith("**Verdict test: ROSE.**")][0]
     assert first != second and f"{live.threshold(0.80):.3f}" in second
 
 
@@ -479,4 +485,35 @@ def test_dataset_samples(app_env):
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["image"]) == [f"fashion-mnist sample {i}" for i in (1, 2, 3)]
-    assert np.isfinite(table["p_value"]).all() and ((table["p_value"] > 0) & (table["p_value"] <= 1)).all()
+    for col in ("p_rose", "p_typicality", "p_combined"):
+        assert np.isfinite(table[col]).all() and ((table[col] > 0) & (table[col] <= 1)).all(), col
+
+
+def test_verdict_card_names_the_test_that_fired_and_both_p_values(app_env, monkeypatch):
+    """With the combined verdict (ROSE + likelihood typicality) every card says which test fired and
+    gives ROSE's, typicality's and the combined p-value, as the library computes them."""
+    import rose_core.defaults as defaults
+
+    monkeypatch.setattr(defaults, "VERDICT", "rose+typicality")
+    grey = np.full((28, 28), 128, np.uint8)
+    boot = load_dataset(IN_SET, "test", n=1, seed=3).images[0, ..., 0]
+    files = [("grey.png", png(grey), "image/png"), ("boot.png", png(boot), "image/png")]
+    at = open_page("pages/1_score_images.py")
+    at.file_uploader(key="score_files").set_value(files).run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    live = LiveScorer(app_env["checkpoints"] / f"{MODEL}.json", results=app_env["results"],
+                      verdict="rose+typicality", **LIVE_SIZES)
+    expected = live.score([grey[..., None], boot[..., None]], ["grey.png", "boot.png"])
+    t = live.threshold(0.95)
+    fired = expected.fired(t)
+    rule = [m for m in texts(at, "markdown") if m.startswith("**Verdict test: ROSE + likelihood typicality.**")]
+    assert len(rule) == 1 and f"{t:.3f}" in rule[0] and "min-p" in rule[0]
+    table = at.dataframe[0].value
+    assert list(table["fired"]) == list(fired)
+    cards = [m for m in texts(at, "markdown") if m.startswith("**grey.png**") or m.startswith("**boot.png**")]
+    assert len(cards) == 2
+    for card, f, pr, pt, pc in zip(cards, fired, expected.p_value, expected.p_typicality, expected.p_combined):
+        assert (f"fired)" in card) == (f != "none") and ("in-distribution" in card) == (f == "none")
+        for p in (pr, pt, pc):
+            assert (f"{p:.4f}" if p >= 0.001 else f"{p:.1e}") in card

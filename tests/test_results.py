@@ -323,3 +323,24 @@ def test_live_key_is_stable_and_follows_content(tmp_path, monkeypatch):
     (res / "m" / "fits" / "rose-ekfac.json").write_text('{"n_fisher": 10}')
     assert state.live_key("m", "ekfac") not in (first, second)
     assert state.live_key("absent", "ekfac") is None
+
+
+def test_verdict_words_name_the_test_that_fired_and_both_p_values():
+    from studio.verdict import describe, meaning, p_text
+
+    v = describe("typicality", 0.41, 0.0004, 0.0008, "rose+typicality")
+    assert v.ood and v.headline == "OOD (typicality fired)"
+    assert "Likelihood typicality fired" in v.detail
+    assert "ROSE **0.4100**" in v.detail and "typicality **4.0e-04**" in v.detail and "combined **8.0e-04**" in v.detail
+    calm = describe("none", 0.5, float("nan"), 0.9, "rose")
+    assert not calm.ood and calm.headline == "in-distribution" and "typicality **—**" in calm.detail
+    assert "combined" not in calm.detail and "ROSE alone" in calm.detail
+    assert describe("joint", 0.02, 0.03, 0.004, "rose+typicality").headline == "OOD (ROSE + typicality together fired)"
+    with pytest.raises(ValueError, match="fired"):
+        describe("maybe", 0.1, 0.1, 0.1, "rose")
+    with pytest.raises(ValueError, match="verdict test"):
+        describe("rose", 0.1, 0.1, 0.1, "nll")
+    words = meaning("rose+typicality", 0.95, "min-p")
+    assert "95%" in words and "5%" in words and "min-p" in words and "too high *or* too low" in words
+    assert "ROSE's p-value alone" in meaning("rose", 0.9)
+    assert p_text(None) == "—" and p_text(0.5) == "0.5000"
