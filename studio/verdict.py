@@ -18,7 +18,7 @@ TEST_NAMES = {"rose": "ROSE", "rose+typicality": "ROSE + likelihood typicality"}
 _FIRED = {
     "rose": "ROSE fired: the model would have to change unusually much to fit this image.",
     "typicality": "Likelihood typicality fired: the model finds this image atypically likely or unlikely "
-                  "(too smooth or too noisy, for example) compared with held-out in-distribution images.",
+                  "(too smooth or too noisy, for example) compared with the held-out calibration images.",
     "both": "Both tests fired: the model would have to change unusually much to fit it, and its likelihood "
             "is atypical.",
     "joint": "Neither test alone is conclusive, but together their evidence is.",

@@ -34,9 +34,9 @@ def app_url(tmp_path_factory):
     if not (REPO / "checkpoints" / f"{MODEL}.json").exists():
         pytest.fail(f"The shipped checkpoint checkpoints/{MODEL} is missing (git checkout -- checkpoints).")
     log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    # A live ROSE fit (only when the results bundle has none) on 300 images keeps the test short;
-    # the live robustness AUROC uses 32 + 32 images.
-    env = {"ROSE_LIVE_FIT_N": "300", "ROSE_LIVE_N": "32"}
+    # A small live ROSE fit (300 Fisher images, 500 calibration images) keeps the test short (the
+    # default definition fits on 10,000); the live robustness AUROC uses 32 + 32 images.
+    env = {"ROSE_LIVE_N_FISHER": "300", "ROSE_LIVE_N_CALIBRATION": "500", "ROSE_LIVE_N": "32"}
     with shots.serve(env=env, log=log) as url:
         yield url
 
