@@ -60,13 +60,15 @@ $$s_l(x) = g_l(x)^\top F_l^{-1} g_l(x),$$
 
 with $F_l$ approximated by **EKFAC** (eigenvalue-corrected Kronecker factors) or **DIAG**. Each
 $s_l$ is z-normalised with in-distribution statistics and the layers are aggregated:
-$\mathrm{ROSE}(x) = \max_l \mathrm{ReLU}(\hat s_l(x))$. Higher means more out-of-distribution. A threshold
-chosen to keep 95% of in-distribution images gives a verdict; the rank among in-distribution
-scores gives a p-value.
+$\mathrm{ROSE}(x) = \max_l \mathrm{ReLU}(\hat s_l(x))$. Higher means more out-of-distribution. Its rank
+among held-out in-distribution images (test images set apart for calibration) gives a p-value, and a
+threshold that keeps 95% of them gives a verdict. A two-sided **likelihood typicality** test (NLL
+atypically high *or* low) gives a second p-value; the Score page names the verdict's test and the
+test that fired.
 """)
     with right:
         st.markdown("**Pages**")
-        st.markdown("- **Score images**: upload files or pick dataset samples; verdict, p-value, per-layer z-scores\n"
+        st.markdown("- **Score images**: upload files or pick dataset samples; verdict, the test that fired, p-values, per-layer z-scores\n"
                     "- **Likelihood vs ROSE**: the paper's Figure 1 and its fix\n"
                     "- **ROC curves**: methods overlaid, AUROC / AUPRC / FPR80\n"
                     "- **Layer-wise AUROC**: which layers detect what\n"

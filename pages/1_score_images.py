@@ -1,4 +1,5 @@
-"""Score images: upload files or pick dataset samples; ROSE verdict, p-value, NLL and per-layer z-scores."""
+"""Score images: upload files or pick dataset samples; the verdict with the test that fired, ROSE's and the
+likelihood typicality p-values, NLL and per-layer z-scores."""
 
 from __future__ import annotations
 
