@@ -59,7 +59,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rose_core.models.glow import InvConv1x1
 
 __all__ = ["LayerFactors", "UnsupportedLayer", "capture_factors", "per_sample_grads", "grad_shape",
            "check_supported", "resolve_layers", "row_chunks", "DEFAULT_CHUNK_ELEMENTS"]
@@ -87,12 +86,28 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-_SUPPORTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, InvConv1x1)
+POINTWISE = "pointwise"
+"""Value of a module's ``rose_layout`` attribute for a *pointwise linear map with an effective weight*
+(Glow's ``InvConv1x1``): ``out = W x`` at every position of an ``(N, C, H, W)`` input, ``W`` the
+module's ``weight`` (``C × C``, no bias), and ``weight_grad_offset()`` the gradient that the loss
+adds to ``W`` outside the hooks (the same for every sample; e.g. ``-∂log|det W|/∂W``). Any module
+that declares this protocol can be scored; pergrad imports no model."""
+
+
+def _pointwise(module: nn.Module) -> bool:
+    return getattr(module, "rose_layout", None) == POINTWISE
+
+
+def _supported(module: nn.Module) -> bool:
+    return _pointwise(module) or isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
 
 
 def check_supported(name: str, module: nn.Module) -> None:
     """Raise :class:`UnsupportedLayer` unless ``module`` is a layer this module can differentiate."""
-    if isinstance(module, InvConv1x1):
+    if _pointwise(module):
+        if not callable(getattr(module, "weight_grad_offset", None)) or _has_bias(module):
+            raise UnsupportedLayer(f"Layer {name!r} declares rose_layout='pointwise' but lacks weight_grad_offset() "
+                                   "or has a bias; see rose_core.pergrad.POINTWISE.")
         return
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         if module.groups != 1:
@@ -103,7 +118,7 @@ def check_supported(name: str, module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         return
     raise UnsupportedLayer(f"Layer {name!r} is a {type(module).__name__}; supported are nn.Conv2d, nn.Linear, "
-                           "nn.ConvTranspose2d and Glow's InvConv1x1.")
+                           "nn.ConvTranspose2d and modules declaring rose_layout='pointwise' (Glow's InvConv1x1).")
 
 
 def _has_bias(module: nn.Module) -> bool:
@@ -113,8 +128,9 @@ def _has_bias(module: nn.Module) -> bool:
 def grad_shape(module: nn.Module) -> tuple[int, int]:
     """``(C, D)`` of the layer's per-sample gradient matrix (``D`` includes the bias column)."""
     b = int(_has_bias(module))
-    if isinstance(module, InvConv1x1):
-        return (module.channels, module.channels)
+    if _pointwise(module):
+        c = module.weight.shape[0]
+        return (c, c)
     if isinstance(module, nn.Conv2d):
         kh, kw = _pair(module.kernel_size)
         return (module.out_channels, module.in_channels * kh * kw + b)
@@ -158,7 +174,7 @@ def unfold(x: torch.Tensor, kernel_size, dilation=1, padding=0, stride=1) -> tor
 def _input_factor(module: nn.Module, x: torch.Tensor, out_hw: tuple[int, ...]) -> torch.Tensor:
     """Input factor ``h`` ``(N, D, T)`` of one layer from its raw input."""
     n = x.shape[0]
-    if isinstance(module, InvConv1x1):
+    if _pointwise(module):
         return x.reshape(n, x.shape[1], -1)
     if isinstance(module, nn.Conv2d):
         if isinstance(module.padding, str) or module.padding_mode != "zeros":
@@ -205,7 +221,7 @@ def _to_param_shape(module: nn.Module, g: torch.Tensor) -> tuple[torch.Tensor, t
     n = g.shape[0]
     bias = g[:, :, -1] if _has_bias(module) else None
     w = g[:, :, :-1] if _has_bias(module) else g
-    if isinstance(module, InvConv1x1) or isinstance(module, nn.Linear):
+    if _pointwise(module) or isinstance(module, nn.Linear):
         return w, bias
     if isinstance(module, nn.Conv2d):
         return w.reshape(n, *module.weight.shape), bias
@@ -315,7 +331,7 @@ def resolve_layers(model: nn.Module, layers: str | list[str] | tuple[str, ...] |
             raise ValueError("The list of layers to score is empty.")
         missing = [n for n in names if n not in modules]
         if missing:
-            known = [n for n, m in modules.items() if isinstance(m, _SUPPORTED)]
+            known = [n for n, m in modules.items() if _supported(m)]
             raise ValueError(f"Unknown layer name(s) {missing}; scorable layers of this model include {known[:8]}.")
         if len(set(names)) != len(names):
             raise ValueError(f"Duplicate layer names in {names}.")
@@ -383,7 +399,7 @@ def capture_factors(model: nn.Module, x: torch.Tensor, layers: Mapping[str, nn.M
             versions[name] = out._version
             if out.requires_grad:
                 out.register_hook(tensor_hook)
-            if isinstance(module, InvConv1x1):
+            if _pointwise(module):
                 offsets[name] = module.weight_grad_offset().to(out.dtype)
         return hook
 
@@ -415,8 +431,9 @@ def capture_factors(model: nn.Module, x: torch.Tensor, layers: Mapping[str, nn.M
     for name, m in layers.items():
         out = outputs[name][0]
         g = grads.get(name)
-        if g is None:  # the loss does not depend on this layer
-            g = torch.zeros_like(out)
+        if g is None:
+            raise ValueError(f"The loss does not depend on layer {name!r} (no gradient reaches its output); "
+                             "remove it from the scored layers — it would add a constant score.")
         factors[name] = LayerFactors(name, m, inputs[name][0], g.detach(), tuple(out.shape[2:]), offsets.get(name))
     return loss.detach(), factors
 

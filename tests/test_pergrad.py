@@ -221,22 +221,6 @@ def test_layer_called_twice_raises():
         capture_factors(m, torch.randn(2, 3), {"lin": m.lin})
 
 
-def test_unused_layer_has_zero_gradient():
-    class Unused(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Linear(3, 3)
-            self.b = nn.Linear(3, 3)
-
-        def per_sample_loss(self, x):
-            self.b(x)
-            return self.a(x).pow(2).sum(1)
-
-    m = Unused()
-    _, g = per_sample_grads(m, torch.randn(2, 3), ["a", "b"])
-    assert g["b"].abs().sum() == 0 and g["a"].abs().sum() > 0
-
-
 @pytest.mark.parametrize("shape, k, d, p, s", [((3, 2, 9, 7), 3, 1, 1, 2), ((2, 4, 16, 16), 4, 1, 1, 2),
                                                ((2, 3, 8, 10), (2, 3), (2, 1), (0, 2), (1, 3)),
                                                ((1, 1, 5, 5), 5, 1, 0, 1)])
@@ -247,3 +231,42 @@ def test_strided_unfold_equals_torch_unfold(shape, k, d, p, s):
 
     x = torch.randn(shape, dtype=torch.float64)
     assert torch.equal(unfold(x, k, d, p, s), F.unfold(x, k, dilation=d, padding=p, stride=s))
+
+
+def test_a_layer_the_loss_never_reaches_is_an_error_not_a_zero_gradient():
+    from rose_core.pergrad import capture_factors
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+
+        def per_sample_loss(self, x):
+            self.unused(x)                        # called, but the loss ignores its output
+            return self.used(x).square().sum(1)
+
+    m = TwoHeads()
+    with pytest.raises(ValueError, match="'unused'"):
+        capture_factors(m, torch.randn(3, 4), {"used": m.used, "unused": m.unused})
+
+
+def test_any_module_declaring_the_pointwise_protocol_is_scored_like_invconv():
+    from rose_core.pergrad import UnsupportedLayer, check_supported, grad_shape
+
+    class Pointwise(torch.nn.Module):
+        rose_layout = "pointwise"
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.eye(3))
+
+        def weight_grad_offset(self):
+            return torch.zeros(3, 3)
+
+    class Broken(torch.nn.Module):
+        rose_layout = "pointwise"
+
+    check_supported("p", Pointwise())
+    assert grad_shape(Pointwise()) == (3, 3)
+    with pytest.raises(UnsupportedLayer, match="weight_grad_offset"):
+        check_supported("b", Broken())

@@ -84,7 +84,10 @@ class InvConv1x1(nn.Module):
     ROSE differentiates the per-sample loss with respect to the effective weight
     ``W`` (``self.weight``); :meth:`weight_grad_offset` gives the part of that
     gradient that comes from ``log|det W|`` and is the same for every sample.
+    ``rose_layout = "pointwise"`` declares that protocol to :mod:`rose_core.pergrad`.
     """
+
+    rose_layout = "pointwise"
 
     def __init__(self, channels: int, seed: int | None = None) -> None:
         super().__init__()
