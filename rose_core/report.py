@@ -26,7 +26,8 @@ from rose_core.results import bundles, results_root
 
 SECTIONS = [overview.cannot_run, overview.checkpoints, overview.ood_sets, overview.settings, overview.headline,
             tables.vae_tables, tables.glow_tables, tables.capacity, tables.fisher_kinds,
-            experiments.brightness, experiments.perturbations, experiments.measurements, overview.reproduce]
+            experiments.brightness, experiments.perturbations, experiments.measurements, experiments.stress,
+            overview.reproduce]
 """The report's sections after the introduction, in order."""
 
 

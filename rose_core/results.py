@@ -24,6 +24,12 @@ tables in long format (so a chart is a filter, never a recomputation):
     (measured in one run on the same images).
 ``fisher_samples.parquet``
     Figure 5: ``fisher``, ``n_fit``, ``repeat``, ``ood_set``, ``auroc``.
+``stress.parquet``
+    the stress suite (issue 11; written by the harness's ``stress`` preset): ``method``,
+    ``dataset``, ``group`` (``ood``, ``benign``, ``covariate`` or ``in-distribution`` for the
+    evaluation images), ``n_images``, ``auroc`` (vs the in-distribution evaluation images; NaN on
+    their own row), ``flagged`` (fraction above the method's verdict threshold: the false-alarm
+    rate for every group but ``ood``), ``threshold``, ``threshold_rule``, ``n_calibration``, ``tpr``.
 ``manifest.json``
     the checkpoint card, the in-distribution set (name, split, n, seed), the
     OOD sets with their cards (stand-ins marked), the settings and the
@@ -65,7 +71,11 @@ TABLES: dict[str, list[str]] = {
     "layer_metrics": ["fisher", "layer", "ood_set", "auroc"],
     "throughput": ["method", "images_per_s", "n_images", "batch_size", "device"],
     "fisher_samples": ["fisher", "n_fit", "repeat", "ood_set", "auroc"],
+    "stress": ["method", "dataset", "group", "n_images", "auroc", "flagged", "threshold", "threshold_rule",
+               "n_calibration", "tpr"],
 }
+STRESS_ORDER = ("in-distribution", "benign", "covariate", "ood")
+"""Stress groups in display order: the false-alarm groups first, the OOD group last."""
 
 EVALUATE_CMD = "python -m rose_core evaluate --checkpoint checkpoints/{name}"
 """The command that computes (or recomputes) a checkpoint's bundle."""
@@ -404,6 +414,23 @@ class Results:
     def fishers(self) -> set[str]:
         """Fisher approximations with per-layer results."""
         return set(self.table("layer_metrics")["fisher"]) | set(self.table("layers")["fisher"])
+
+    def stress_view(self, groups: tuple[str, ...]) -> pd.DataFrame:
+        """The stress suite for ``groups``: methods (registry order) × sets (grouped in
+        :data:`STRESS_ORDER`, then by name) of AUROC for the ``ood`` group, else of the fraction
+        flagged (the false-alarm rate); the columns' group is ``view.attrs["groups"][set]``."""
+        t = self.table("stress")
+        t = t[t["group"].isin(groups)]
+        if t.empty:
+            return pd.DataFrame()
+        t = t.assign(value=np.where(t["group"] == "ood", t["auroc"], t["flagged"]).astype(float))
+        group_of = dict(zip(t["dataset"], t["group"]))
+        rank = {g: i for i, g in enumerate(STRESS_ORDER)}
+        cols = sorted(group_of, key=lambda d: (rank.get(group_of[d], len(rank)), d))
+        view = t.pivot_table(index="method", columns="dataset", values="value", aggfunc="mean")
+        view = view.reindex(index=method_order(view.index), columns=cols)
+        view.attrs["groups"] = {d: group_of[d] for d in cols}
+        return view
 
     def throughput_view(self) -> pd.DataFrame:
         """method (ordered), images_per_s (mean), device, overall_auroc (NaN where a method has no Overall row)."""

@@ -344,3 +344,46 @@ def test_verdict_words_name_the_test_that_fired_and_both_p_values():
     assert "95%" in words and "5%" in words and "min-p" in words and "too high *or* too low" in words
     assert "ROSE's p-value alone" in meaning("rose", 0.9)
     assert p_text(None) == "—" and p_text(0.5) == "0.5000"
+
+
+def _stress_rows():
+    rows = []
+    for method, (auc, fa) in {"rose-ekfac": (0.99, 0.04), "rose+typicality": (1.0, 0.06)}.items():
+        common = {"method": method, "threshold": 1.0, "threshold_rule": "r", "n_calibration": 500, "tpr": 0.95}
+        rows += [{**common, "dataset": IN, "group": "in-distribution", "n_images": 500, "auroc": np.nan, "flagged": fa},
+                 {**common, "dataset": "stress-black", "group": "ood", "n_images": 100, "auroc": auc, "flagged": 1.0},
+                 {**common, "dataset": "stress-fmnist-jpeg75", "group": "covariate", "n_images": 100,
+                  "auroc": 0.8, "flagged": 0.66},
+                 {**common, "dataset": "stress-fmnist-shift1", "group": "benign", "n_images": 100,
+                  "auroc": 0.5, "flagged": fa + 0.01}]
+    return pd.DataFrame(rows)
+
+
+def test_stress_view_groups_and_values(bundle):
+    bundle.write("stress", _stress_rows())
+    ood = bundle.stress_view(("ood",))
+    assert list(ood.index) == ["rose-ekfac", "rose+typicality"] and list(ood.columns) == ["stress-black"]
+    assert ood.loc["rose+typicality", "stress-black"] == 1.0                 # AUROC for the OOD group
+    fa = bundle.stress_view(("in-distribution", "benign", "covariate"))
+    assert list(fa.columns) == [IN, "stress-fmnist-shift1", "stress-fmnist-jpeg75"]  # false-alarm groups in order
+    assert fa.loc["rose-ekfac", "stress-fmnist-jpeg75"] == 0.66              # fraction flagged, not AUROC
+    assert fa.attrs["groups"]["stress-fmnist-shift1"] == "benign"
+    assert bundle.stress_view(("nothing",)).empty
+
+
+def test_report_stress_section_and_default_fit_description(bundle, tmp_path):
+    bundle.write("stress", _stress_rows())
+    m = bundle.manifest
+    m["fit_data"] = {"name": IN, "default": "rose_core.defaults.fit_default_rose",
+                     "variants": {"n_fit": 2000, "fit_fraction": 0.5}}
+    m["in_distribution"]["sample"] = "evaluation half of the test split"
+    m["experiments"] = {"stress": {"tpr": 0.95, "thresholds": {"other methods": "threshold_at_tpr"}}}
+    bundle.write_manifest(m)
+    text = build_report(tmp_path / "results", tmp_path / "none")
+    assert "default ROSE: rose_core.defaults.fit_default_rose; explicit variants on 2000" in text
+    assert "(seed 0, the evaluation half of the test split)" in text
+    section = text.split("## Stress suite (`vae-fmnist`)")[1].split("\n## ")[0]
+    assert "| ROSE+Typ | 1.000 |" in section                                   # AUROC of the OOD group
+    assert "| ROSE-EKFAC | 4.0 % | 5.0 % | 66.0 % |" in section               # false alarms, in-dist first
+    assert "stress-fmnist-jpeg75 (covariate)" in section and "real distribution shift" in section
+    assert "Thresholds: other methods: threshold_at_tpr." in section

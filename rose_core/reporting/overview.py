@@ -130,15 +130,25 @@ def ood_sets(ctx: Context) -> list[str]:
     return ["## OOD sets", "", md_table(["OOD set", "kind", "test images available", "what it is"], rows), ""]
 
 
+def _fit_text(fd: dict) -> str:
+    """How ROSE was fitted, from the manifest's ``fit_data`` (the default definition and its training-split
+    variants, or an older bundle's single training split)."""
+    if "default" in fd:
+        v = fd.get("variants") or {}
+        return (f"default ROSE: {fd['default']}; explicit variants on {v.get('n_fit')} {fd.get('name')} train images "
+                f"(fit fraction {v.get('fit_fraction')})")
+    return (f"ROSE fitted on {fd.get('n_fit')} {fd.get('name')} train images (fit fraction "
+            f"{fd.get('fit_fraction')}: Fisher / separate normalisation split)")
+
+
 def settings(ctx: Context) -> list[str]:
     out = []
     for b in ctx.bundles.values():
         s, ind, fd = (b.meta.get(k, {}) for k in ("settings", "in_distribution", "fit_data"))
+        sample = f", the {ind['sample']}" if ind.get("sample") else ""
         out += [f"**`{b.name}` settings:** in-distribution {ind.get('name')} test, n = {ind.get('n')} (seed "
-                f"{ind.get('seed')}); {s.get('n_ood')} images per OOD set; ROSE fitted on {fd.get('n_fit')} "
-                f"{fd.get('name')} train images (fit fraction {fd.get('fit_fraction')}: Fisher / separate "
-                f"normalisation split); IWAE k = {s.get('k')}; caps {b.meta.get('caps', {})}; environment "
-                f"{b.meta.get('environment', {})}.", ""]
+                f"{ind.get('seed')}{sample}); {s.get('n_ood')} images per OOD set; {_fit_text(fd)}; IWAE k = "
+                f"{s.get('k')}; caps {b.meta.get('caps', {})}; environment {b.meta.get('environment', {})}.", ""]
     return out
 
 
