@@ -11,7 +11,7 @@ import streamlit as st
 from rose_core import charts
 from rose_core.errors import RoseError
 from rose_core.imageio import InvalidImage, decode_image
-from rose_core.labels import dataset_label, method_label
+from rose_core.labels import JPEG_NOTE, dataset_label, method_label
 from studio import state
 from studio import verdict as verdict_words
 from studio import widgets as ui
@@ -21,10 +21,6 @@ from studio.verdict import p_text
 
 MAX_CARDS = 24
 JPEG_FORMATS = ("JPEG", "MPO")
-JPEG_NOTE = ("JPEG is lossy, and its re-encoding artefacts are a real distribution shift for these models: every "
-             "detector, the likelihood included, flags many Fashion-MNIST test images once they are re-encoded as "
-             "JPEG (quality 75 or 95). A JPEG of an in-distribution image may therefore be called OOD; upload PNG "
-             "for a lossless image.")
 
 name, card = ui.open_page("Score images")
 
@@ -56,7 +52,7 @@ if source == "Upload files":
         images.append(decoded.array)
         names.append(decoded.name)
     if jpegs:
-        st.info(f"**{', '.join(jpegs)}**: {JPEG_NOTE}", icon=":material/photo_camera:")
+        st.info(f"**{', '.join(jpegs)}**: {JPEG_NOTE} Upload PNG for a lossless image.", icon=":material/photo_camera:")
 else:
     available = state.available_datasets()
     if not available:

@@ -1,11 +1,11 @@
-"""Methods: the Table-2-style comparison and throughput vs Overall AUROC (Figure 4)."""
+"""Methods: the Table-2-style comparison, throughput vs Overall AUROC (Figure 4) and the stress suite."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from rose_core import charts
-from rose_core.labels import METRIC_LABELS, dataset_label, dataset_short, method_label, stand_in_note
+from rose_core.labels import JPEG_NOTE, METRIC_LABELS, dataset_label, dataset_short, method_label, stand_in_note
 from studio import state
 from studio import widgets as ui
 from studio.format import best_styled, rate_text
@@ -50,3 +50,23 @@ else:
                    f"{', '.join(missing)}.")
     st.caption("All methods timed in one run on the same images and device, so ratios are comparable; absolute "
                "numbers depend on the machine.")
+
+st.subheader("Stress suite (beyond the paper)")
+if not b.has("stress"):
+    ui.missing_bundle_message(name, "The stress suite", "stress")
+else:
+    ood = b.stress_view(("ood",))
+    if not ood.empty:
+        st.markdown("**AUROC on sets that should be flagged** (noise, black/white, inverted, rotated, blurred, "
+                    "thin digits) against the in-distribution evaluation images")
+        st.dataframe(best_styled(ood.rename(index=method_label, columns=dataset_label)), key="methods_stress_ood")
+    fa = b.stress_view(("in-distribution", "benign", "covariate"))
+    if not fa.empty:
+        groups = fa.attrs["groups"]
+        shown = fa.rename(index=method_label, columns=lambda d: f"{dataset_label(d)} ({groups[d]})")
+        st.markdown("**False-alarm rate**: the fraction each method flags at its own verdict threshold "
+                    "(95% TPR on the calibration half). `in-distribution`: the evaluation half of the test split; "
+                    "`benign` should stay near it; `covariate` is a real shift, shown without a target.")
+        st.dataframe(shown.style.format("{:.1%}", na_rep="—"), key="methods_stress_fa")
+    if b.table("stress")["dataset"].str.contains("jpeg").any():
+        st.caption(JPEG_NOTE)

@@ -14,7 +14,7 @@ from rose_core.errors import RoseError
 from rose_core.methods import method_title as method_label  # noqa: F401  (the app's name for a method)
 
 __all__ = ["PERTURBATION_LABELS", "METRIC_LABELS", "method_label", "dataset_label", "dataset_short", "stand_in_note",
-           "perturbation_label"]
+           "perturbation_label", "JPEG_NOTE"]
 
 PERTURBATION_LABELS = {
     "brightness": ("Brightness", "brightness factor (×)"),
@@ -67,3 +67,9 @@ def stand_in_note(names) -> str:
 def perturbation_label(perturbation: str) -> tuple[str, str]:
     """(title, strength axis title) of a perturbation; unknown ones by their name."""
     return PERTURBATION_LABELS.get(perturbation, (perturbation, "strength"))
+
+
+JPEG_NOTE = ("JPEG is lossy, and its re-encoding artefacts are a real distribution shift for these models: every "
+             "detector, the likelihood included, flags many Fashion-MNIST test images once they are re-encoded as "
+             "JPEG (quality 75 or 95), so a JPEG of an in-distribution image may be called OOD.")
+"""Said wherever JPEG images meet a verdict: the Score page's uploads, the stress suite's covariate group."""

@@ -118,6 +118,12 @@ def build_synthetic_bundle(root: Path, name: str, rose_in_scores: np.ndarray | N
            "auroc": float(np.clip(0.97 - 0.3 / math.sqrt(nf) + rng.normal(0, 0.01), 0, 1))}
           for f in ("ekfac", "diag") for nf in (10, 100, 1000) for r in range(4)]
     res.write("fisher_samples", pd.DataFrame(fs))
+    stress = [{"method": m, "dataset": d, "group": g, "n_images": 50, "auroc": a, "flagged": f, "threshold": 1.0,
+               "threshold_rule": "threshold_at_tpr on the calibration half", "n_calibration": n, "tpr": 0.95}
+              for m in ("rose-ekfac", "nll") for d, g, a, f in
+              ((IN_SET, "in-distribution", np.nan, 0.05), ("stress-black", "ood", 0.99 if m != "nll" else 0.4, 0.9),
+               ("stress-fmnist-shift1", "benign", 0.55, 0.07), ("stress-fmnist-jpeg75", "covariate", 0.8, 0.66))]
+    res.write("stress", pd.DataFrame(stress))
     res.write_manifest({"checkpoint": {"name": name},
                         "in_distribution": {"name": IN_SET, "split": "test", "n": n, "seed": seed},
                         "ood_sets": OOD_SETS, "experiments": ["table2", "table1", "figure5", "layers"],
@@ -363,6 +369,12 @@ def test_methods_table_and_throughput(app_env):
     assert fpr != auroc_value
     scatter = chart(at, "Images per second vs Overall AUROC")
     assert scatter["layout"]["xaxis"]["type"] == "log" and len(scatter["data"]) == len(SHIFTS)
+    # the stress suite: AUROC where images should be flagged, false-alarm rates elsewhere
+    ood, fa = at.dataframe[2].value, at.dataframe[3].value
+    assert list(ood.index) == ["ROSE (EKFAC)", "NLL"] and ood.iloc[:, 0].tolist() == ["0.990", "0.400"]  # shown as text
+    assert [c.rsplit(" (", 1)[1] for c in fa.columns] == ["in-distribution)", "benign)", "covariate)"]
+    assert fa.loc["NLL"].tolist() == [0.05, 0.07, 0.66]
+    assert any("re-encoding artefacts" in c for c in texts(at, "caption"))
 
 
 def test_robustness_slider_sweeps_and_figure5(app_env):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from rose_core.labels import JPEG_NOTE
 from rose_core.paper import PAPER
 from rose_core.reporting.context import NOT_RUN, Context, experiment, fmt, label, md_table, title
 from rose_core.results import Results
@@ -151,11 +152,6 @@ def measurements(ctx: Context) -> list[str]:
 # Stress suite (beyond the paper)
 # --------------------------------------------------------------------------------------------
 
-JPEG_NOTE = ("JPEG re-encoding is reported without a target: its artefacts are a real distribution shift for "
-             "these models (every detector, the likelihood included, flags many re-encoded Fashion-MNIST "
-             "images), so a JPEG of an in-distribution image may be called OOD.")
-
-
 def _pct(v) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.1f} %"
 
@@ -188,7 +184,7 @@ def stress_tables(b: Results) -> str:
     if rules:
         parts += ["Thresholds: " + "; ".join(f"{k}: {v}" for k, v in rules.items()) + ".", ""]
     if (st["dataset"].str.contains("jpeg")).any():
-        parts += [JPEG_NOTE, ""]
+        parts += ["JPEG re-encoding is reported without a target. " + JPEG_NOTE, ""]
     return "\n".join(parts).rstrip()
 
 
