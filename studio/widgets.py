@@ -4,6 +4,7 @@ missing results bundle and the button that computes it here."""
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from rose_core.errors import RoseError
 from studio import state
@@ -36,7 +37,7 @@ def page_setup(title: str) -> None:
     for option, value in (("client.showSidebarNavigation", False), ("client.toolbarMode", "minimal")):
         try:
             st.set_option(option, value)
-        except Exception:  # older or stricter runtimes: the config file still applies
+        except StreamlitAPIException:  # a runtime that refuses to set it here: .streamlit/config.toml applies
             pass
     with st.sidebar:
         st.markdown("### ROSE Studio")
