@@ -2,7 +2,7 @@
 
 Commands: ``datasets`` (list the registry and what is available here),
 ``data`` (build the dataset caches), ``train`` (train a model), ``fit`` / ``score``
-(:mod:`rose_core.batch_score`), ``evaluate`` / ``report``.
+(:mod:`rose_core.commands`), ``evaluate`` / ``report``.
 
 Errors: arguments and output locations are checked before a model is loaded
 (:mod:`rose_core.cli_checks`); every error is one line on stderr (``error: …``) and exit
@@ -216,8 +216,8 @@ _EXTRA_COMMANDS.append(_register_evaluation_commands)
 
 
 def _register_scale_out(sub) -> None:
-    """``fit`` and ``score`` (streaming Parquet output, torchrun-aware): see :mod:`rose_core.batch_score`."""
-    from rose_core.batch_score import register_commands
+    """``fit`` and ``score`` (streaming Parquet output, torchrun-aware): see :mod:`rose_core.commands`."""
+    from rose_core.commands import register_commands
 
     register_commands(sub)
 

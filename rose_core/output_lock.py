@@ -192,3 +192,19 @@ def _read(fd: int) -> dict:
         return json.loads(data.decode()) if data.strip() else {}
     except (OSError, ValueError):
         return {}
+
+
+def lock_collectively(out: str | os.PathLike, ctx, command: str = "score") -> "OutputLock | None":
+    """Rank 0 takes the lock of ``out``; every rank raises the same error when it is held (a
+    collective under ``torch.distributed``: all ranks call it). Returns the held lock on rank 0,
+    ``None`` elsewhere."""
+    from rose_core.errors import RoseError
+
+    lock, err = None, None
+    if ctx.is_main:
+        try:
+            lock = OutputLock(out, command=command).acquire()
+        except RoseError as exc:
+            err = exc
+    ctx.agree(err)
+    return lock

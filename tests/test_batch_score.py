@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rose_core.batch_score import (ImageInputs, folder_inputs, list_inputs, load_calibration, read_scores,
+from rose_core.batch_score import (ImageInputs, folder_inputs, list_inputs, read_scores,
                                    score_inputs)
 from rose_core.checkpoint import save_model
 from rose_core.cli import main
@@ -50,8 +50,8 @@ def env(tmp_path_factory):
     """Checkpoint, fit, and a folder of good and bad files."""
     root = tmp_path_factory.mktemp("batch")
     save_model(_tiny_vae(), root / "tiny", dataset="fashion-mnist")
-    rc = main(["fit", "--checkpoint", str(root / "tiny"), "--n-images", "48", "--batch-size", "16",
-               "--out", str(root / "fit.safetensors"), "--quiet"])
+    rc = main(["fit", "--checkpoint", str(root / "tiny"), "--n-fisher", "48", "--n-calibration", "24",
+               "--batch-size", "16", "--force", "--out", str(root / "fit.safetensors"), "--quiet"])
     assert rc == 0
     folder = root / "images"
     (folder / "sub" / "deeper").mkdir(parents=True)
@@ -117,7 +117,8 @@ def test_folder_schema_bad_files_and_values(env, tmp_path):
     np.testing.assert_allclose(good[[f"z[{n}]" for n in LAYERS]].to_numpy(), ref["z"], rtol=1e-5, atol=1e-6)
 
     md = {k.decode(): v.decode() for k, v in pq.read_schema(out).metadata.items()}
-    threshold = threshold_at_tpr(load_calibration(env["fit"]), 0.95)
+    # the threshold comes from the fit's own held-out calibration scores
+    threshold = threshold_at_tpr(RoseScorer.load(env["fit"], _tiny_vae()).calibration_scores, 0.95)
     assert float(md["rose.threshold"]) == threshold
     assert md["rose.key"] == "path" and json.loads(md["rose.layers"]) == LAYERS and "ELBO" in md["rose.nll"]
     assert (good["verdict"] == np.where(good["rose_score"] > threshold, "OOD", "in-distribution")).all()
@@ -250,9 +251,14 @@ def test_bad_input_messages(env, tmp_path, capsys):
                "--out", str(tmp_path / "y.parquet"), "--quiet"])
     assert rc == 2 and "was made for a model with config" in capsys.readouterr().err
 
-    # a fit without calibration scores needs --threshold
-    for suffix in (".safetensors", ".json"):
-        shutil.copy(env["fit"].with_suffix(suffix), tmp_path / f"nocal{suffix}")
+    # a fit without calibration scores (written by an older version) needs --threshold
+    from rose_core.checkpoint import load_tensors, save_tensors
+
+    tensors = {k: v for k, v in load_tensors(env["fit"].with_suffix(".safetensors")).items()
+               if not k.startswith("calibration.")}
+    card = json.loads(env["fit"].with_suffix(".json").read_text())
+    card["weights_sha256"] = save_tensors(tensors, tmp_path / "nocal.safetensors")
+    (tmp_path / "nocal.json").write_text(json.dumps(card))
     rc = main(["score", "--checkpoint", str(env["ckpt"]), "--fit", str(tmp_path / "nocal"), "--input",
                str(env["folder"]), "--out", str(tmp_path / "z.parquet"), "--quiet"])
     assert rc == 2 and "--threshold" in capsys.readouterr().err
@@ -264,12 +270,14 @@ def test_bad_input_messages(env, tmp_path, capsys):
 
 def test_auto_fit_is_made_once_and_reused(env, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ROSE_RESULTS", str(tmp_path / "results"))
-    args = ["score", "--checkpoint", str(env["ckpt"]), "--fit", "auto", "--fit-images", "24", "--input",
+    args = ["score", "--checkpoint", str(env["ckpt"]), "--fit", "auto", "--n-fisher", "24", "--n-calibration", "16",
+            "--force", "--input",
             str(env["folder"]), "--limit", "3", "--out", str(tmp_path / "a.parquet"), "--quiet",
             "--batch-size", "8", "--report", str(tmp_path / "r.json")]
     assert main(args) == 0
-    fit_json = tmp_path / "results/cache/fits/tiny/rose-ekfac-fashion-mnist-n24-seed0.json"
-    assert fit_json.exists() and fit_json.with_name(fit_json.stem + ".calibration.npy").exists()
+    fit_json = tmp_path / "results/cache/fits/tiny/rose-ekfac-fashion-mnist-fisher24-cal-seed0.json"
+    card = json.loads(fit_json.read_text())
+    assert card["calibrated"] and (card["n_fisher"], card["n_norm"]) == (24, 16)
     assert json.loads((tmp_path / "r.json").read_text())["fit_how"] == "fitted"
     assert main(args + ["--overwrite"]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["fit_how"] == "loaded"

@@ -9,6 +9,7 @@ second writer, the decoding workers. The rest runs in-process.
 from __future__ import annotations
 
 import gzip
+import json
 import io
 import os
 import signal
@@ -28,7 +29,6 @@ import pytest
 import torch
 from PIL import Image
 
-from rose_core.batch_score import load_calibration
 from rose_core.checkpoint import save_model
 from rose_core.cli import main
 from rose_core.data import is_available, load_dataset
@@ -59,8 +59,8 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     torch.manual_seed(0)
     save_model(VAE(VAEConfig(base_width=4, latent_dim=3)).eval(), root / "tiny", dataset="fashion-mnist")
-    assert main(["fit", "--checkpoint", str(root / "tiny"), "--n-images", "48", "--batch-size", "16",
-                 "--out", str(root / "fit"), "--quiet"]) == 0
+    assert main(["fit", "--checkpoint", str(root / "tiny"), "--n-fisher", "48", "--n-calibration", "24",
+                 "--force", "--batch-size", "16", "--out", str(root / "fit"), "--quiet"]) == 0
     return {"root": root, "ckpt": root / "tiny", "fit": root / "fit"}
 
 
@@ -292,12 +292,12 @@ BAD_ARGS = [
     (["train", "--out", "{tmp}", "--epochs", "1"], "is a folder"),
     (["train", "--model", "gan", "--out", "{tmp}/m"], "invalid choice: 'gan'"),
     (["train"], "the following arguments are required: --out"),
-    (["fit", "--checkpoint", "{ckpt}", "--out", "{tmp}/f", "--n-images", "0"], "--n-images must be >= 1"),
-    (["fit", "--checkpoint", "{ckpt}", "--out", "{tmp}/f", "--fit-fraction", "1"], "--fit-fraction must be in (0, 1)"),
+    (["fit", "--checkpoint", "{ckpt}", "--out", "{tmp}/f", "--n-fisher", "0"], "--n-fisher must be >= 1"),
+    (["fit", "--checkpoint", "{ckpt}", "--out", "{tmp}/f", "--n-calibration", "1"], "--n-calibration must be >= 2"),
     (["fit", "--checkpoint", "{ckpt}", "--out", "{tmp}/f", "--damping", "-1"], "--damping must be in [0, inf)"),
     (["fit", "--checkpoint", "{ckpt}", "--out", "{tmp}/f", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["fit", "--checkpoint", "{ckpt}", "--out", "{tmp}/f", "--dataset", "nope"], "'nope' is not a known dataset"),
-    (["fit", "--checkpoint", "{ckpt}", "--out", "{tmp}/f", "--split", "dev"], "has no split 'dev'"),
+    (["fit", "--checkpoint", "{ckpt}", "--out", "{tmp}/f", "--dataset", "noise"], "has no split 'train'"),
     (["fit", "--checkpoint", "{tmp}/missing", "--out", "{tmp}/f"], "missing.json does not exist"),
     (["fit", "--checkpoint", "{ckpt}", "--out", "{tmp}"], "is a folder"),
     (["score", "--tpr", "0"], "--tpr must be in (0, 1]"),
@@ -307,7 +307,7 @@ BAD_ARGS = [
     (["score", "--flush-rows", "0"], "--flush-rows must be >= 1"),
     (["score", "--workers", "-1"], "--workers must be >= 0"),
     (["score", "--limit", "-1"], "--limit must be >= 0"),
-    (["score", "--fit-images", "0"], "--fit-images must be >= 1"),
+    (["score", "--n-fisher", "0"], "--n-fisher must be >= 1"),
     (["score", "--seed", "-1"], "--seed must be >= 0"),
     (["score", "--dist-timeout", "0"], "--dist-timeout must be in (0, inf)"),
     (["score", "--device", "tpu:9"], "'tpu:9' is not a device"),
@@ -347,16 +347,24 @@ def test_a_bad_argument_fails_fast_in_a_real_process(tmp_path):
     assert time.perf_counter() - t0 < 60 and not list(tmp_path.iterdir())
 
 
-def test_bad_calibration_file_is_named_plainly(env, tmp_path):
-    for suffix in (".json", ".safetensors"):
-        (tmp_path / f"fit{suffix}").write_bytes(Path(str(env["fit"]) + suffix).read_bytes())
-    cal = tmp_path / "fit.calibration.npy"
-    for content, words in ((b"0.1\n0.2\n", "is not a NumPy .npy file"),
-                           (np.lib.format.magic(1, 0) + b"\x10\x00{'descr': '<f8',", "truncated or damaged")):
-        cal.write_bytes(content)
-        with pytest.raises(Exception, match="rose_core fit") as info:
-            load_calibration(tmp_path / "fit")
-        assert words in str(info.value) and "pickled" not in str(info.value)
+def test_fit_without_calibration_scores_is_named_plainly(env, tmp_path):
+    """A fit written before fits carried their calibration scores: score says to refit (exit 2, one line)."""
+    from rose_core.checkpoint import load_tensors, save_tensors
+
+    tensors = {k: v for k, v in load_tensors(Path(str(env["fit"]) + ".safetensors")).items()
+               if not k.startswith("calibration.")}
+    card = json.loads(Path(str(env["fit"]) + ".json").read_text())
+    card["weights_sha256"] = save_tensors(tensors, tmp_path / "old.safetensors")
+    (tmp_path / "old.json").write_text(json.dumps(card))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / "a.png")
+    proc = subprocess.run([sys.executable, "-m", "rose_core", "score", "--checkpoint", str(env["ckpt"]), "--fit",
+                           str(tmp_path / "old"), "--input", str(folder), "--out", str(tmp_path / "s.parquet"),
+                           "--quiet"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    line = _one_error_line(proc.stderr)
+    assert "carries no calibration scores" in line and "rose_core fit" in line and "--threshold" in line
 
 
 # ------------------------------------------------------------------------------------------------
