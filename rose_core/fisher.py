@@ -40,8 +40,12 @@ results (eigenbases) differ. With ``torch.distributed``, all-reduce
 gives identical bases on identical hardware/software (broadcast ``U_A``/``U_B``
 from one rank to be safe on heterogeneous clusters).
 
-Speed (the Fisher code is on ROSE's hot path): statistics are computed in the
-dtype of the factors (float32 for a float32 model) and accumulated in float64.
+Precision and speed (the Fisher code is on ROSE's hot path): the Kronecker factors'
+Gram matrices ``Σ h hᵀ``, ``Σ δ δᵀ`` (whose eigenbases are sensitive to rounding) and the
+rank-one statistics are formed in float64 per batch; the squared rotated gradients are summed in
+float32 within a cache-sized block of a few samples, and every block or batch sum is accumulated
+in float64. Blocks and batches are the same for any number of processes (sharding follows the
+batch grid), so one process and N processes differ only in the order of float64 additions.
 EKFAC rotates ``h`` and ``δ`` into the eigenbases *before* the batched product
 when that is cheaper: rotating ``h`` first costs ``T·D²`` per sample versus
 ``C·D²`` for rotating ``G``; rotating ``δ`` first costs ``T·C²`` versus ``D·C²``
@@ -446,8 +450,8 @@ class DiagFisher(LayerwiseFisher):
             st["count"] += stat.n
             return
         n = 0
-        for g, _ in _dense_blocks(stat, self._block_elements(_device_dtype(stat)[1])):
-            st["sq_sum"] += g.to(_F64).square_().sum(0)
+        for g, fresh in _dense_blocks(stat, self._block_elements(_device_dtype(stat)[1])):
+            st["sq_sum"] += _squared(g, fresh).sum(0).to(_F64)   # per block float32, across blocks float64
             n += g.shape[0]
         st["count"] += n
 
@@ -635,8 +639,8 @@ class EkfacFisher(LayerwiseFisher):
             st["count"] += x.shape[0]
             return
         n = 0
-        for g, _ in x:
-            st["sigma_sum"] += g.to(_F64).square_().sum(0)
+        for g, fresh in x:   # a cache-sized block of samples summed in float32, blocks added in float64
+            st["sigma_sum"] += _squared(g, fresh).sum(0).to(_F64)
             n += g.shape[0]
         st["count"] += n
 
