@@ -1,0 +1,34 @@
+"""Every README figure comes from a committed artifact (scripts/readme_figures.py), and the
+default verdict agrees with the recorded decision (scripts/choose_verdict.py)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_readme_figures_are_current():
+    proc = subprocess.run([sys.executable, "scripts/readme_figures.py", "--check"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr + "\nRun: python scripts/readme_figures.py"
+
+
+def test_every_marked_block_has_a_renderer_and_stale_text_is_caught(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import readme_figures
+
+    text = (REPO / "README.md").read_text()
+    names = set(readme_figures.MARK.findall(text) and [m.group("name") for m in readme_figures.MARK.finditer(text)])
+    assert names and names <= set(readme_figures.BLOCKS)
+    stale = text.replace("<!-- BEGIN figures:checkpoints -->\n", "<!-- BEGIN figures:checkpoints -->\n| 0.999 |\n", 1)
+    (tmp_path / "README.md").write_text(stale)
+    assert readme_figures.main(["--check", "--readme", str(tmp_path / "README.md")]) == 1
+
+
+def test_default_verdict_is_the_recorded_decision():
+    from rose_core.defaults import VERDICT
+
+    decision = json.loads((REPO / "results" / "vae-fmnist" / "verdict.json").read_text())
+    assert decision["verdict"] == VERDICT, decision["reason"]
