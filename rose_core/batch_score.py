@@ -134,10 +134,6 @@ class ImageInputs:
         return read_image(self.locations[i]).array
 
 
-def _is_hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
-
-
 def folder_inputs(folder: str | os.PathLike, extensions: Sequence[str] | None = None,
                   exclude: Sequence[str | os.PathLike] = ()) -> ImageInputs:
     """Every non-hidden regular file under ``folder`` (recursively), sorted by relative POSIX path.
