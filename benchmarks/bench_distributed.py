@@ -2,8 +2,9 @@
 
 Measured in one run, on the shipped VAE ``checkpoints/vae-fmnist`` and real Fashion-MNIST:
 
-* ``fit``   — ``python -m rose_core fit`` on ``--fit-images`` training images (EKFAC: two Fisher
-  passes over the Fisher half, one normalisation pass over the other half);
+* ``fit``   — ``python -m rose_core fit`` with ``--fit-images`` Fisher training images and
+  ``--calibration-images`` held-out calibration images (EKFAC: factors, second pass replayed,
+  one calibration pass);
 * ``score`` — ``python -m rose_core score`` on ``--score-images`` test images written as PNG files
   (decoding included, in the scoring process: ``--workers 0``), with the 1-process fit.
 
@@ -20,7 +21,7 @@ N-process fit and scores must equal the 1-process ones to float tolerance.
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/bench_distributed.py [--procs 2] [--fit-images 2000] [--score-images 1024]
+    PYTHONPATH=. python benchmarks/bench_distributed.py [--procs 2] [--fit-images 2000] [--calibration-images 1000] [--score-images 1024]
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "vae-fmnist"))
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--fit-images", type=int, default=2000)
+    ap.add_argument("--calibration-images", type=int, default=1000)
     ap.add_argument("--score-images", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
@@ -92,8 +94,9 @@ def main() -> None:
             for procs in configs:
                 loads.append(os.getloadavg()[0])
                 if task == "fit":
-                    cli = ["fit", "--checkpoint", ck, "--n-images", str(args.fit_images), "--batch-size",
-                           str(args.batch_size), "--out", str(work / f"fit-{procs}p")]
+                    cli = ["fit", "--checkpoint", ck, "--n-fisher", str(args.fit_images), "--n-calibration",
+                           str(args.calibration_images), "--force", "--batch-size", str(args.batch_size),
+                           "--out", str(work / f"fit-{procs}p")]
                 else:
                     cli = ["score", "--checkpoint", ck, "--fit", str(work / "fit-1p"), "--input", str(images),
                            "--out", str(work / (f"scores-{procs}p" + (".parquet" if procs == 1 else ""))),

@@ -391,7 +391,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "10000 for the FMNIST VAE); not '--n': torchrun would take it for its own option")
     p.add_argument("--n-calibration", type=int, default=None,
                    help="held-out test images for normalisation and threshold (default: the whole calibration half)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward/backward pass (default 256)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward/backward pass (default: 128 for fit, 256 for score)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random subset of Fisher images")
     p.add_argument("--device", default="auto", help="auto (cuda:<local rank> if available, else cpu), cpu, cuda")
     p.add_argument("--dist-timeout", type=float, default=30.0,
@@ -414,7 +415,7 @@ def register_commands(sub) -> None:
     p.add_argument("--dataset", default=None, help="registry dataset (default: the checkpoint's training set)")
     p.add_argument("--layers", default=None, choices=["default", "all"])
     p.add_argument("--damping", type=float, default=None, help="relative damping (default 1e-8)")
-    p.set_defaults(func=_cmd_fit, batch_size=128)
+    p.set_defaults(func=_cmd_fit, batch_size=128)   # overrides the None default of _common
 
     p = sub.add_parser(
         "score", help="score images into Parquet (one process, or several with torchrun)",
@@ -439,4 +440,4 @@ def register_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="decoding processes per rank (default: spare cores, <= 4)")
     p.add_argument("--flush-rows", type=int, default=4096, help="rows buffered before a segment is written")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming")
-    p.set_defaults(func=_cmd_score)
+    p.set_defaults(func=_cmd_score, batch_size=256)

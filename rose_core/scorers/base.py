@@ -81,6 +81,16 @@ def check_batch(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def check_model_batch(model, x: torch.Tensor) -> torch.Tensor:
+    """:func:`check_batch`, and the shape the model expects (``model.input_shape``, when it has one)."""
+    x = check_batch(x)
+    shape = getattr(model, "input_shape", None)
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise InvalidInput(f"The model expects images of shape (N, {', '.join(map(str, shape))}), "
+                           f"got {tuple(x.shape)}; see rose_core.data.to_model_input.")
+    return x
+
+
 def iter_batches(data: Batches, batch_size: int) -> Iterable[torch.Tensor]:
     """Yield batches from a tensor (chunked) or pass an iterable of tensors through."""
     if torch.is_tensor(data):

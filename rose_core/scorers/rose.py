@@ -58,7 +58,7 @@ from torch import nn
 from rose_core.errors import CheckpointError, InvalidInput
 from rose_core.fisher import FISHER_KINDS, LayerwiseFisher, make_fisher
 from rose_core.pergrad import capture_factors, grad_shape, resolve_layers, check_supported, UnsupportedLayer
-from rose_core.scorers.base import Batches, Scorer, ScoreResult, check_batch
+from rose_core.scorers.base import Batches, Scorer, ScoreResult, check_model_batch
 
 __all__ = ["RoseScorer", "RankDeficientFitWarning", "aggregate", "split_mask"]
 
@@ -238,12 +238,7 @@ class RoseScorer(Scorer):
 
     # --- data plumbing -----------------------------------------------------------------------
     def _check(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_batch(x)
-        shape = getattr(self.model, "input_shape", None)
-        if shape is not None and tuple(x.shape[1:]) != tuple(shape):
-            raise InvalidInput(f"The model expects images of shape (N, {', '.join(map(str, shape))}), "
-                               f"got {tuple(x.shape)}; see rose_core.data.to_model_input.")
-        return x
+        return check_model_batch(self.model, x)
 
     def _source(self, data: Batches) -> Callable[[], Iterator[torch.Tensor]]:
         """A function that yields the in-distribution batches again for every pass."""

@@ -106,7 +106,7 @@ from torch import nn
 
 from rose_core.errors import InvalidInput
 from rose_core.metrics import threshold_at_tpr
-from rose_core.scorers.base import Batches, Scorer, ScoreResult, check_batch, iter_batches
+from rose_core.scorers.base import Batches, Scorer, ScoreResult, check_model_batch, iter_batches
 
 __all__ = ["TypicalityScorer", "RoseTypicalityScorer", "COMBINE_RULES", "FIRED_VALUES",
            "upper_tail_p", "lower_tail_p", "two_sided_p", "combine_p", "combined_score"]
@@ -262,12 +262,7 @@ class TypicalityScorer(Scorer):
         return self._cal
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_batch(x)
-        shape = getattr(self.model, "input_shape", None)
-        if shape is not None and tuple(x.shape[1:]) != tuple(shape):
-            raise InvalidInput(f"The model expects images of shape (N, {', '.join(map(str, shape))}), "
-                               f"got {tuple(x.shape)}; see rose_core.data.to_model_input.")
-        return x
+        return check_model_batch(self.model, x)
 
     def losses(self, x: Batches) -> np.ndarray:
         """Per-sample loss (nats, float64) of a tensor ``(N, C, H, W)`` or an iterable of batches."""
