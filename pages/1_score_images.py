@@ -9,6 +9,7 @@ import numpy as np
 import streamlit as st
 
 from rose_core import charts
+from rose_core.defaults import VERDICT
 from rose_core.errors import RoseError
 from rose_core.imageio import InvalidImage, decode_image
 from rose_core.labels import JPEG_NOTE, dataset_label, method_label
@@ -29,6 +30,12 @@ source = c1.radio("Images from", ["Upload files", "Dataset samples"], horizontal
 fisher = c2.radio("Fisher approximation", state.fisher_order(name), format_func=str.upper, horizontal=True,
                   key=f"score_fisher_{name}", help="EKFAC or the cheaper diagonal Fisher (DIAG); the first option "
                                                    "is the paper's choice for this model.")
+VERDICT_NAMES = {"rose": "ROSE", "rose+typicality": "ROSE + likelihood typicality"}
+verdict = st.radio("Verdict test", list(VERDICT_NAMES), index=list(VERDICT_NAMES).index(VERDICT), horizontal=True,
+                   key="score_verdict", format_func=lambda v: VERDICT_NAMES[v] + (" (default)" if v == VERDICT else ""),
+                   help="ROSE alone (the default, chosen on in-distribution and stress-suite evidence: see the README), "
+                        "or ROSE combined with a two-sided test of the likelihood, which also flags images whose "
+                        "likelihood is atypically high or low — e.g. noise and blank images.")
 tpr = st.slider("In-distribution true-positive rate of the threshold", 0.80, 0.99, 0.95, 0.01, format="%.2f",
                 key="score_tpr", help="The threshold keeps this fraction of in-distribution calibration images "
                                       "below it; images scoring above it are called OOD.")
@@ -78,11 +85,11 @@ if not images:
     st.info("Upload one or more images, or switch to dataset samples, to score them.")
     st.stop()
 
-live = state.live_scorer(name, fisher)
+live = state.live_scorer(name, fisher, verdict)
 if live is None:
     st.stop()
 
-key = ("score", state.live_key(name, fisher), state.digest(*names, *images))
+key = ("score", state.live_key(name, fisher, verdict), state.digest(*names, *images))
 result = state.computed(key, lambda progress: live.score(images, names, progress=progress),
                         f"Scoring {len(images)} image(s) with {name}")
 threshold = live.threshold(tpr)

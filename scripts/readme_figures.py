@@ -124,7 +124,8 @@ def _stress(name: str) -> str:
                 continue
             v = r["auroc"].iloc[0] if s["group"] == "ood" else r["flagged"].iloc[0]
             cells.append(_f(float(v)) if s["group"] == "ood" else f"{100 * float(v):.1f} %")
-        label = dataset_label(s["dataset"]) if s["group"] != "in-distribution" else "Fashion-MNIST test (evaluation half)"
+        label = (dataset_label(s["dataset"]).replace(" (stand-in)", "") if s["group"] != "in-distribution"
+                 else "Fashion-MNIST test (evaluation half)")   # stress sets are generated, not stand-ins
         rows.append(f"| {label} | {s['group']}: {groups[s['group']]} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -149,8 +150,8 @@ def verdict() -> str:
         r, c = e["rose"], e["rose+typicality"]
         rows.append(f"| `{name}` | **{d['verdict']}** | {d['reason']} | "
                     f"{100 * r['false_alarm_rate']:.1f} % / {100 * c['false_alarm_rate']:.1f} % | "
-                    f"{r['worst_ood_auroc']:.3f} ({dataset_label(r['worst_ood_set'])}) / "
-                    f"{c['worst_ood_auroc']:.3f} ({dataset_label(c['worst_ood_set'])}) |")
+                    f"{r['worst_ood_auroc']:.3f} ({dataset_label(r['worst_ood_set']).replace(' (stand-in)', '')}) / "
+                    f"{c['worst_ood_auroc']:.3f} ({dataset_label(c['worst_ood_set']).replace(' (stand-in)', '')}) |")
     if len(rows) == 2:
         return "_No verdict decision yet: `python scripts/choose_verdict.py`._\n"
     return "\n".join(rows) + "\n"

@@ -193,9 +193,10 @@ def live_sizes() -> dict[str, int]:
     return out
 
 
-def live_key(name: str, fisher: str) -> tuple | None:
-    """The identity of the live scorer of ``name``: weights, ROSE fit and calibration inputs, by content
-    (None when the checkpoint is missing). Equal keys give equal scores."""
+def live_key(name: str, fisher: str, verdict: str | None = None) -> tuple | None:
+    """The identity of the live scorer of ``name``: weights, ROSE fit and calibration inputs, by content,
+    and the verdict test (``None``: the default, :data:`rose_core.defaults.VERDICT`); None when the
+    checkpoint is missing. Equal keys give equal scores."""
     card = checkpoints_dir() / f"{name}.json"
     weights = file_hash(weights_path(card))
     if weights is None or not card.exists():
@@ -206,26 +207,26 @@ def live_key(name: str, fisher: str) -> tuple | None:
     from rose_core.defaults import VERDICT
 
     return ("live", name, fisher, weights, fit, fit_weights, str(results_dir()), str(data_dir()),
-            tuple(sorted(live_sizes().items())), VERDICT)
+            tuple(sorted(live_sizes().items())), verdict or VERDICT)
 
 
-def live_scorer(name: str, fisher: str = "ekfac"):
+def live_scorer(name: str, fisher: str = "ekfac", verdict: str | None = None):
     """The :class:`rose_core.live.LiveScorer` of a checkpoint (loaded, fitted or read from the bundle once
     per server and :func:`live_key`), or None after showing what is missing and how to get it."""
     from rose_core.live import LiveScorer
 
     path = checkpoints_dir() / f"{name}.json"
-    key = live_key(name, fisher)
+    key = live_key(name, fisher, verdict)
     if key is None:
         st.error(f"The checkpoint `{path}` is missing. Restore the shipped checkpoints with "
                  "`git checkout -- checkpoints`, or train one with `python -m rose_core train --help`.")
         return None
     store = _store()
-    for old in [k for k in store if isinstance(k, tuple) and k[:3] == key[:3] and k != key]:
+    for old in [k for k in store if isinstance(k, tuple) and k[:3] == key[:3] and k[:-1] != key[:-1]]:
         store.pop(old, None)  # an outdated scorer of this model (new weights, fit or bundle): free its memory
     try:
         return computed(key, lambda progress: LiveScorer(path, fisher, results=results_dir(), data_root=data_dir(),
-                                                         progress=progress, **live_sizes()),
+                                                         verdict=verdict, progress=progress, **live_sizes()),
                         f"Preparing ROSE-{fisher.upper()} for {name}")
     except RoseError as exc:
         st.error(f"ROSE cannot be prepared for `{name}`: {exc}")

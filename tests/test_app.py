@@ -529,3 +529,15 @@ def test_verdict_card_names_the_test_that_fired_and_both_p_values(app_env, monke
         assert (f"fired)" in card) == (f != "none") and ("in-distribution" in card) == (f == "none")
         for p in (pr, pt, pc):
             assert (f"{p:.4f}" if p >= 0.001 else f"{p:.1e}") in card
+
+
+def test_the_verdict_test_can_be_chosen_on_the_score_page(app_env):
+    at = open_page("pages/1_score_images.py")
+    at.radio(key="score_source").set_value("Dataset samples").run()
+    at.number_input(key="score_n").set_value(2).run()
+    assert at.radio(key="score_verdict").value == "rose"          # the recorded default
+    assert any(m.startswith("**Verdict test: ROSE.**") for m in texts(at, "markdown"))
+    at.radio(key="score_verdict").set_value("rose+typicality").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(m.startswith("**Verdict test: ROSE + likelihood typicality.**") for m in texts(at, "markdown"))
+    assert set(at.dataframe[0].value["fired"]) <= {"rose", "typicality", "both", "none"}
