@@ -11,9 +11,9 @@ import streamlit as st
 from rose_core import charts
 from rose_core.defaults import VERDICT
 from rose_core.errors import RoseError
-from rose_core.imageio import InvalidImage, decode_image
 from rose_core.labels import JPEG_NOTE, dataset_label, method_label
 from studio import state
+from studio import uploads
 from studio import verdict as verdict_words
 from studio import widgets as ui
 from studio.format import upscale
@@ -43,21 +43,31 @@ tpr = st.slider("In-distribution true-positive rate of the threshold", 0.80, 0.9
 images: list[np.ndarray] = []
 names: list[str] = []
 jpegs: list[str] = []
+n_rejected = 0
 if source == "Upload files":
-    files = st.file_uploader("Images (PNG, JPEG, BMP, GIF, TIFF, WebP; any size, grey or colour)",
-                             accept_multiple_files=True, key="score_files")
-    for f in files or []:
-        try:
-            decoded = decode_image(f.getvalue(), f.name)
-        except InvalidImage as exc:
-            st.error(f"**{exc.name}** was not scored: {exc.reason}", icon=":material/block:")
+    uploads.widget_is_fresh()
+    st.file_uploader("Images (PNG, JPEG, BMP, GIF, TIFF, WebP; any size, grey or colour)",
+                     accept_multiple_files=True, key=uploads.widget_key(), on_change=uploads.sync,
+                     help="Uploaded images stay here, with their scores, while you visit other pages, until you "
+                          "press Clear.")
+    kept = uploads.stored()
+    if kept:
+        u1, u2 = st.columns([4, 1])
+        u1.caption(f"{len(kept)} uploaded file(s) kept for this browser session (they stay when you visit other "
+                   "pages); the uploader above adds to them.")
+        u2.button("Clear", key="score_clear", on_click=uploads.clear, icon=":material/delete:",
+                  help="Drop every uploaded image and its results.")
+    for u in kept:
+        if u.array is None:
+            st.error(f"**{u.name}** was not scored: {u.error}", icon=":material/block:")
+            n_rejected += 1
             continue
-        for note in decoded.notes:
-            st.warning(f"**{decoded.name}**: {note}", icon=":material/info:")
-        if decoded.format in JPEG_FORMATS:
-            jpegs.append(decoded.name)
-        images.append(decoded.array)
-        names.append(decoded.name)
+        for note in u.notes:
+            st.warning(f"**{u.name}**: {note}", icon=":material/info:")
+        if u.format in JPEG_FORMATS:
+            jpegs.append(u.name)
+        images.append(u.array)
+        names.append(u.name)
     if jpegs:
         st.info(f"**{', '.join(jpegs)}**: {JPEG_NOTE} Upload PNG for a lossless image.", icon=":material/photo_camera:")
 else:
@@ -82,7 +92,11 @@ else:
     names = [f"{ds} sample {i + 1}" for i in range(len(images))]
 
 if not images:
-    st.info("Upload one or more images, or switch to dataset samples, to score them.")
+    if n_rejected:
+        st.info("None of the uploaded files could be scored (see above); upload another image, or switch to "
+                "dataset samples.")
+    else:
+        st.info("Upload one or more images, or switch to dataset samples, to score them.")
     st.stop()
 
 live = state.live_scorer(name, fisher, verdict)
@@ -90,8 +104,13 @@ if live is None:
     st.stop()
 
 key = ("score", state.live_key(name, fisher, verdict), state.digest(*names, *images))
-result = state.computed(key, lambda progress: live.score(images, names, progress=progress),
-                        f"Scoring {len(images)} image(s) with {name}")
+last = st.session_state.get("score_last")  # this session's latest results, even if the server's store dropped them
+if last is not None and last[0] == key:
+    result = last[1]
+else:
+    result = state.computed(key, lambda progress: live.score(images, names, progress=progress),
+                            f"Scoring {len(images)} image(s) with {name}")
+    st.session_state["score_last"] = (key, result)
 threshold = live.threshold(tpr)
 verdicts = result.is_ood(threshold)
 fired = result.fired(threshold)

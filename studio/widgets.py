@@ -39,12 +39,37 @@ def page_setup(title: str) -> None:
             st.set_option(option, value)
         except StreamlitAPIException:  # a runtime that refuses to set it here: .streamlit/config.toml applies
             pass
+    keep_widget_choices(skip=PAGE_PREFIX.get(title))
     with st.sidebar:
         st.markdown("### ROSE Studio")
         for script, label, icon in PAGES:
             st.page_link(script, label=label, icon=icon)
         st.divider()
     sidebar_model_picker()
+
+
+KEPT_PREFIXES = ("score_", "lvr_", "roc_", "layer_", "rob_", "methods_")
+"""Keys of the pages' widgets whose choices are kept when the user visits another page."""
+NOT_KEPT = ("score_files", "score_clear", "score_csv")
+"""Widgets whose value cannot be set (uploader, buttons): the uploads are kept by :mod:`studio.uploads`."""
+
+
+PAGE_PREFIX = {"Score images": "score_", "Likelihood vs ROSE": "lvr_", "ROC curves": "roc_",
+               "Layer-wise AUROC": "layer_", "Robustness": "rob_", "Methods": "methods_"}
+
+
+def keep_widget_choices(skip: str | None = None) -> None:
+    """Keep the pages' widget choices across navigation: Streamlit forgets the value of a widget that a
+    run does not draw, unless the key is written again in that run (its documented workaround). The
+    current page's own widgets (prefix ``skip``) are drawn in this run, so they are left alone
+    (writing them would make Streamlit warn about a default value set twice)."""
+    for key in list(st.session_state):
+        if (isinstance(key, str) and key.startswith(KEPT_PREFIXES) and not key.startswith(NOT_KEPT)
+                and not (skip and key.startswith(skip))):
+            try:
+                st.session_state[key] = st.session_state[key]
+            except StreamlitAPIException:
+                pass
 
 
 def _on_pick() -> None:

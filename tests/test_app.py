@@ -541,3 +541,45 @@ def test_the_verdict_test_can_be_chosen_on_the_score_page(app_env):
     assert not at.exception, [e.value for e in at.exception]
     assert any(m.startswith("**Verdict test: ROSE + likelihood typicality.**") for m in texts(at, "markdown"))
     assert set(at.dataframe[0].value["fired"]) <= {"rose", "typicality", "both", "none"}
+
+
+def test_uploads_and_their_scores_survive_a_visit_to_another_page(app_env):
+    """Streamlit forgets a file uploader's files when its page is left; the decoded uploads are kept in the
+    session, so coming back shows the same images and scores, until "Clear" drops them."""
+    digit = load_dataset("mnist", "test", n=1, seed=0).images[0, ..., 0]
+    boot = load_dataset(IN_SET, "test", n=1, seed=3).images[0, ..., 0]
+    files = [("digit.png", png(digit), "image/png"), ("boot.png", png(boot), "image/png"),
+             ("empty.png", b"", "image/png")]
+    at = open_page("pages/1_score_images.py")
+    at.file_uploader(key="score_files").set_value(files).run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.radio(key="score_verdict").set_value("rose+typicality").run()
+    before = at.dataframe[0].value
+    assert list(before["image"]) == ["digit.png", "boot.png"]
+    at.switch_page("pages/3_roc_curves.py").run()
+    assert not at.exception and not at.get("file_uploader")
+    at.switch_page("pages/1_score_images.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.radio(key="score_verdict").value == "rose+typicality"  # widget choices are kept too
+    after = at.dataframe[0].value
+    pd.testing.assert_frame_equal(after, before)
+    assert any("**empty.png** was not scored" in t for t in texts(at, "error"))
+    assert not any("default value" in t for t in texts(at, "warning"))
+    # a file added after coming back joins the kept ones
+    grey = np.full((28, 28), 128, np.uint8)
+    at.file_uploader(key="score_files").set_value([("grey.png", png(grey), "image/png")]).run()
+    assert list(at.dataframe[0].value["image"]) == ["digit.png", "boot.png", "grey.png"]
+    at.button(key="score_clear").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.dataframe and not texts(at, "error")
+    assert any("Upload one or more images" in t for t in texts(at, "info"))
+
+
+def test_a_file_removed_from_the_uploader_is_dropped(app_env):
+    digit = load_dataset("mnist", "test", n=1, seed=0).images[0, ..., 0]
+    files = [("a.png", png(digit), "image/png"), ("b.png", png(255 - digit), "image/png")]
+    at = open_page("pages/1_score_images.py")
+    at.file_uploader(key="score_files").set_value(files).run()
+    assert list(at.dataframe[0].value["image"]) == ["a.png", "b.png"]
+    at.file_uploader(key="score_files").set_value(files[1:]).run()
+    assert list(at.dataframe[0].value["image"]) == ["b.png"]
