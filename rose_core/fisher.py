@@ -296,9 +296,10 @@ class LayerwiseFisher:
         raise NotImplementedError
 
     def rank_problems(self) -> list[str]:
-        """One sentence per factor that is rank-deficient *by construction*: fitted on fewer
-        image-positions than its dimension (``images · positions < dim``), so its rank is at most
-        ``images · positions`` whatever the data (empty when every factor has enough).
+        """One sentence per factor that is rank-deficient *by construction*: fitted on fewer images
+        than ``min_images`` (EKFAC: fewer image-positions than the factor's dimension, so its rank is
+        at most ``images · positions`` whatever the data; DIAG: every entry is its own estimate, so
+        one image suffices). Empty when every factor has enough.
 
         Such a factor has directions of exactly zero estimated variance; relative damping then
         gives them a weight of ~1/λ, and the layer score measures the distance from the span of
@@ -308,7 +309,7 @@ class LayerwiseFisher:
         for name, c in self.conditioning().items():
             for factor, dim in c["dims"].items():
                 have = c["images"] * c["positions"]
-                if have < dim:
+                if c["images"] < c["min_images"][factor]:
                     out.append(f"Layer {name!r}: its {factor} (dimension {dim}) was estimated from "
                                f"{c['images']} image(s) × {c['positions']} position(s), so its rank is at most "
                                f"{have}; fit on at least {c['min_images'][factor]} images (the defaults use "

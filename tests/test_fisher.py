@@ -354,3 +354,31 @@ def test_compact_state_drops_first_pass_sums_and_scores_the_same():
         loaded.merge(loaded.empty_like())
     with pytest.raises(ValueError, match="finished"):
         EkfacFisher().state_dict(compact=True)
+
+
+def test_diag_fit_is_never_structurally_rank_deficient_and_ekfac_below_its_dimension_is():
+    from rose_core.fisher import DiagFisher, EkfacFisher
+    from rose_core.pergrad import capture_factors, resolve_layers
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 3)
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def per_sample_loss(self, x):
+            return self.lin(x).square().sum(1)
+
+    m = M()
+    _, f = capture_factors(m, torch.randn(4, 16), resolve_layers(m, ["lin"]))
+    diag = DiagFisher()
+    diag.update(f)
+    diag.end_pass()
+    assert diag.rank_problems() == []                # 4 images, 51 entries: each entry is its own estimate
+    ek = EkfacFisher()
+    ek.update(f)
+    ek.end_pass()
+    problems = ek.rank_problems()                    # A is 17×17 (with the bias) from 4 images
+    assert len(problems) == 1 and "'lin'" in problems[0] and "dimension 17" in problems[0]
