@@ -40,8 +40,6 @@ def home() -> None:
                                     "role", "library_version") if k in card}
     with st.expander("Full model card"):
         st.json(details)
-    if card.get("role"):
-        st.caption(f"This checkpoint's role: {card['role']}. ROSE can still score with it.")
 
     st.subheader("How ROSE works")
     left, right = st.columns([3, 2])

@@ -34,9 +34,21 @@ MAX_STORED = 256
 # Models
 # --------------------------------------------------------------------------------------------
 
+def helper_role(card: dict) -> str | None:
+    """Why a generative checkpoint is a helper of another method rather than a model to analyse, from its
+    card: its ``role`` (e.g. the Likelihood Ratio's background model), or training on noise-corrupted
+    images (a non-zero ``noise_fraction``); None for a standalone model."""
+    if card.get("role"):
+        return str(card["role"])
+    noise = card.get("noise_fraction")
+    if isinstance(noise, (int, float)) and noise > 0:
+        return f"trained with {noise:.0%} of its pixels replaced by noise (a background model)"
+    return None
+
+
 @st.cache_data(ttl=15, show_spinner=False)
 def model_cards(folder: str) -> dict[str, dict]:
-    """Cards of the generative-model checkpoints (VAE, Glow) in ``folder``, by name."""
+    """Cards of the generative-model checkpoints (VAE, Glow) in ``folder``, by name, helpers included."""
     from rose_core.live import MODEL_KINDS, checkpoint_name
 
     cards = {}
@@ -51,15 +63,19 @@ def model_cards(folder: str) -> dict[str, dict]:
 
 
 def cards() -> dict[str, dict]:
-    return model_cards(str(checkpoints_dir()))
+    """The models a user can analyse: generative checkpoints that are not helpers (:func:`helper_role`)."""
+    return {n: c for n, c in model_cards(str(checkpoints_dir())).items() if helper_role(c) is None}
+
+
+def helpers() -> dict[str, str]:
+    """Helper checkpoints left out of the model picker, with the reason (:func:`helper_role`)."""
+    return {n: r for n, c in model_cards(str(checkpoints_dir())).items() if (r := helper_role(c)) is not None}
 
 
 def model_order(cards: dict[str, dict]) -> list[str]:
-    """Main models first (the likelihood ratio's background VAE last), those with a bundle first,
-    then the paper's main model kind (the VAE), then by name."""
+    """Those with a bundle first, then the paper's main model kind (the VAE), then by name."""
     def key(name: str):
-        return ("role" in cards[name], not Results.for_checkpoint(name, results_dir()).exists,
-                cards[name].get("kind") != "vae", name)
+        return (not Results.for_checkpoint(name, results_dir()).exists, cards[name].get("kind") != "vae", name)
     return sorted(cards, key=key)
 
 
@@ -259,3 +275,91 @@ def datasets_table(data_root: str) -> pd.DataFrame:
 def available_datasets(data_root: str | None = None) -> list[str]:
     t = datasets_table(str(data_root or data_dir()))
     return list(t.loc[t["available here"], "dataset"])
+
+
+# --------------------------------------------------------------------------------------------
+# What computing a missing experiment here would take
+# --------------------------------------------------------------------------------------------
+
+MAIN_PRESETS = ("table2", "table5")
+
+
+def _manifest_seconds(manifest: dict, preset: str) -> float | None:
+    """Seconds the manifest records for ``preset``: for the main table, the measured time of its
+    unperturbed units of the default methods (no ``method:option`` variants) and ROSE fits (what a run from scratch costs); else the wall time of the
+    preset's last run. None when it records none."""
+    if preset in MAIN_PRESETS:
+        units = (manifest.get("cache") or {}).values()
+        secs = sum(float(u.get("seconds") or 0) for u in units if isinstance(u, dict)
+                   and u.get("perturbation") == "none" and ":" not in str(u.get("method", ""))
+                   and not str(u.get("dataset", "")).startswith("stress-"))
+        secs += sum(float(f.get("fit_seconds") or 0) for f in (manifest.get("fits") or {}).values()
+                    if isinstance(f, dict))
+        return secs or None
+    exp = (manifest.get("experiments") or {}).get(preset)
+    wall = exp.get("wall_s") if isinstance(exp, dict) else None
+    return float(wall) if isinstance(wall, (int, float)) and wall > 0 else None
+
+
+def preset_estimate(name: str, preset: str) -> tuple[float, str] | None:
+    """``(seconds, where it was measured)`` for running ``preset`` on ``name``: from its own bundle's
+    manifest, else from another bundle of the same model kind; None when no manifest records it."""
+    from rose_core.results import bundles
+
+    kind = model_kind(name)
+    own = bundle(name).meta if bundle(name).exists else {}
+    candidates = [(name, own)] + [(n, b.meta) for n, b in bundles(results_dir(), strict=False).items() if n != name]
+    for other, manifest in candidates:
+        card = (manifest.get("checkpoint") or {}).get("card") or {}
+        if other != name and card.get("kind") != kind:
+            continue
+        secs = _manifest_seconds(manifest, preset)
+        if secs is None:
+            continue
+        env = manifest.get("environment") or {}
+        where = f"{env.get('device', '?')}, {thread_text(env.get('threads'))}" if env else "this machine"
+        whose = "this model's" if other == name else f"`{other}`'s (same model kind)"
+        how = "measured compute time of its units and fits" if preset in MAIN_PRESETS else "last run"
+        return secs, f"{how} in {whose} manifest, on {where}"
+    return None
+
+
+def thread_text(n) -> str:
+    """``1 thread``, ``2 threads``; ``? threads`` when unknown."""
+    return "1 thread" if n == 1 else f"{n if n is not None else '?'} threads"
+
+
+def duration_text(seconds: float) -> str:
+    """``about 40 s``, ``about 12 min``, ``about 1.3 h``."""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"about {round(seconds / 60)} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def committed_experiments(name: str, results_folder: str) -> frozenset[str] | None:
+    """The experiments of ``name``'s bundle as committed in git (HEAD), or None when the bundle is not
+    under version control (a results folder outside the repository, or never committed)."""
+    import json
+    import subprocess
+
+    from studio.paths import REPO
+
+    folder = Path(results_folder).resolve() / name
+    try:
+        rel = folder.relative_to(REPO)
+    except ValueError:
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "show", f"HEAD:{rel.as_posix()}/manifest.json"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    try:
+        return frozenset((json.loads(out.stdout).get("experiments") or {}))
+    except ValueError:
+        return None

@@ -91,14 +91,17 @@ def sidebar_model_picker() -> str | None:
 
     def fmt(name: str) -> str:
         c = cards[name]
-        role = f", {c['role']}" if c.get("role") else ""
-        return f"{name} ({c['kind'].upper()}, {c.get('dataset', '?')}{role})"
+        return f"{name} ({c['kind'].upper()}, {c.get('dataset', '?')})"
 
     # the widget is created anew on each page (its id depends on the page), so its default is the choice
     st.sidebar.selectbox("Model", names, index=names.index(choice), key="model_picker", format_func=fmt,
                          on_change=_on_pick,
                          help="Generative models in the checkpoints folder (the .json card and its "
                               ".safetensors weights). The choice applies to every page.")
+    left_out = state.helpers()
+    if left_out:
+        st.sidebar.caption("Not listed (helper models used by a baseline, not models to analyse): "
+                           + "; ".join(f"`{n}`: {why}" for n, why in sorted(left_out.items())) + ".")
     return choice
 
 
@@ -132,13 +135,33 @@ def open_page(title: str) -> tuple[str, dict]:
 # --------------------------------------------------------------------------------------------
 
 def missing_bundle_message(name: str, what: str = "This page", preset: str | None = None) -> None:
-    """Say what is missing and how to compute it; with ``preset``, also offer to compute it here."""
-    st.info(f"{what}: not available yet — the results bundle `results/{name}/` has not been computed "
-            f"(or lacks this experiment). Compute it with\n\n"
-            f"```\n{evaluate_command(name, preset)}\n```\n"
-            "The shipped checkpoints come with their bundle committed; `git checkout -- results` restores it.")
+    """Say what is missing, what computing it takes (what it computes, a time estimate when a manifest
+    records one, what it writes, how to undo it); with ``preset``, also offer to compute it here."""
+    folder = f"results/{name}/"
+    committed = state.committed_experiments(name, str(results_dir()))
+    lines = [f"{what}: this model's results bundle `{folder}` does not hold this experiment yet. It is computed "
+             f"by\n\n```\n{evaluate_command(name, preset)}\n```"]
+    if preset:
+        lines.append(f"That runs the harness's `{preset}` preset: {_preset_text(preset)}.")
+        est = state.preset_estimate(name, preset)
+        if est:
+            lines.append(f"Time: {state.duration_text(est[0])} ({est[1]}).")
+    lines.append(f"It writes into `{folder}` (tables and manifest.json). "
+                 + (f"The committed bundle has this experiment: `git checkout -- {folder}` restores it, and undoes "
+                    "a new run." if committed is not None and preset in committed else
+                    f"To undo, restore the committed bundle with `git checkout -- {folder}`."
+                    if committed is not None else f"To undo, delete `{folder}` (it is not under version control)."))
+    st.info("\n\n".join(lines))
     if preset:
         compute_button(name, preset)
+
+
+def _preset_text(preset: str) -> str:
+    try:
+        from rose_core.evaluation import PRESETS
+    except ImportError:
+        return "see `python -m rose_core evaluate --help`"
+    return PRESETS.get(preset, "see `python -m rose_core evaluate --help`")
 
 
 def require_bundle(name: str, tables: tuple[str, ...], what: str = "This page", preset: str | None = None):
@@ -181,9 +204,12 @@ def compute_button(name: str, preset: str) -> None:
         st.warning(f"The harness has no preset `{preset}` (it has {', '.join(sorted(PRESETS))}); run the "
                    "command above with one of those.")
         return
-    if not st.button(f"Compute it here ({preset})", key=f"compute_{preset}",
-                     help=f"{PRESETS[preset]}. Runs the evaluation harness on this machine and writes "
-                          f"results/{name}/; on a CPU this can take many minutes. Keep the page open."):
+    est = state.preset_estimate(name, preset)
+    when = f", {state.duration_text(est[0])}" if est else ""
+    if not st.button(f"Compute {preset} here{when}; writes results/{name}/", key=f"compute_{preset}",
+                     help=f"{PRESETS[preset]}. Runs the evaluation harness on this machine and writes its tables "
+                          f"into results/{name}/" + (f" ({est[1]})" if est else "; no manifest records how long "
+                                                     "it takes") + ". Keep the page open."):
         return
     bar = st.progress(0.0, text=f"Starting {preset} on {name}")
 

@@ -143,6 +143,8 @@ def env(tmp_path_factory):
     model = VAE(VAEConfig(channels=1, base_width=4, latent_dim=3)).eval()
     save_model(model, tmp / "checkpoints" / MODEL, dataset=IN_SET, epochs=3, test_bits_per_dim=4.5)
     save_model(model, tmp / "checkpoints" / "tiny-vae-nobundle", dataset=IN_SET, epochs=1)  # no results bundle
+    # a helper (a Likelihood Ratio background model): its card says it was trained on noisy images
+    save_model(model, tmp / "checkpoints" / "tiny-vae-background", dataset=IN_SET, epochs=1, noise_fraction=0.3)
     (tmp / "checkpoints" / "not-a-model.json").write_text('{"scorer": "rnd"}')  # e.g. an RND card: not listed
     # the default definition (rose_core.defaults) with small sizes, as the app is told by LIVE_SIZES
     scorer = fit_default_rose(model, IN_SET, n_fisher=LIVE_SIZES["n_fisher"],
@@ -230,15 +232,49 @@ def test_home_shows_card_datasets_and_key_figure(app_env):
 def test_model_choice_applies_to_every_page(app_env):
     at = open_page()
     picker = at.sidebar.selectbox(key="model_picker")
-    # the model with a bundle first; cards that are not generative models are left out
+    # the model with a bundle first; cards that are not generative models, and helper models, are left out
     assert picker.options == [f"{MODEL} (VAE, fashion-mnist)", "tiny-vae-nobundle (VAE, fashion-mnist)"]
+    note = [c.value for c in at.sidebar.caption if "Not listed" in c.value]
+    assert len(note) == 1 and "`tiny-vae-background`: trained with 30% of its pixels replaced by noise" in note[0]
     picker.set_value("tiny-vae-nobundle").run()
     assert any("Model: tiny-vae-nobundle" in m.value for m in at.subheader)
-    assert any("checkpoints/tiny-vae-nobundle" in t for t in texts(at, "info"))
+    info = " ".join(texts(at, "info"))
+    assert "checkpoints/tiny-vae-nobundle" in info and "not available yet" not in info
+    # not under version control (a temporary results folder): no "git checkout" promise, but how to undo
+    assert "git checkout" not in info and "To undo, delete `results/tiny-vae-nobundle/`" in info
+    assert "writes into `results/tiny-vae-nobundle/`" in info and "methods × OOD sets on the VAE" in info
+    label = at.button(key="compute_table2").proto.label
+    assert label.startswith("Compute table2 here") and "writes results/tiny-vae-nobundle/" in label
     at.switch_page("pages/3_roc_curves.py").run()
     assert not at.exception
     assert at.sidebar.selectbox(key="model_picker").value == "tiny-vae-nobundle"
     assert any("results/tiny-vae-nobundle/" in t for t in texts(at, "info")) and charts(at) == []
+
+
+def test_compute_button_gives_a_time_estimate_from_a_manifest(app_env, tmp_path, monkeypatch):
+    """The estimate comes from the measured seconds a manifest records: the model's own, else another
+    bundle of the same model kind (here: the main table's unperturbed units and ROSE fits of MODEL)."""
+    import shutil
+
+    shutil.copytree(app_env["results"], tmp_path / "results")
+    folder = tmp_path / "results" / MODEL
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["checkpoint"]["card"] = {"kind": "vae"}
+    manifest["environment"] = {"device": "cpu", "threads": 1}
+    manifest["cache"] = {"a": {"method": "nll", "perturbation": "none", "dataset": "mnist", "seconds": 400.0},
+                         "b": {"method": "rose-ekfac", "perturbation": "none", "dataset": "noise", "seconds": 150.0},
+                         "c": {"method": "nll", "perturbation": "brightness", "dataset": "mnist", "seconds": 999.0},
+                         "d": {"method": "rose-ekfac:n_fit=10", "perturbation": "none", "dataset": "mnist",
+                               "seconds": 999.0}}
+    manifest["fits"] = {"rose-ekfac": {"fit_seconds": 50.0}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("ROSE_RESULTS", str(tmp_path / "results"))
+    at = open_page()
+    at.sidebar.selectbox(key="model_picker").set_value("tiny-vae-nobundle").run()
+    assert "about 10 min" in at.button(key="compute_table2").proto.label  # 400 + 150 + 50 s
+    info = " ".join(texts(at, "info"))
+    assert f"Time: about 10 min (measured compute time of its units and fits in `{MODEL}`'s" in info
+    assert "on cpu, 1 thread)" in info
     assert [link.proto.label for link in at.sidebar.get("page_link")][:2] == ["Home", "Score images"]
 
 
