@@ -12,9 +12,51 @@ import streamlit as st
 
 from rose_core import charts
 from rose_core.labels import dataset_label, method_label
-from studio import state
+from studio import glossary, state
 from studio import widgets as ui
 from studio.paths import data_dir
+
+
+def separation(auroc: float) -> str:
+    """What an AUROC (OOD positive) says in words."""
+    if auroc >= 0.9:
+        return "separates them well"
+    if auroc >= 0.75:
+        return "separates them only partly"
+    if auroc >= 0.55:
+        return "barely separates them"
+    if auroc > 0.45:
+        return "does no better than chance"
+    return "ranks the OOD images as *more* in-distribution than the real ones: it fails"
+
+
+WEAK_AUROC = 0.75
+"""Below this ROSE AUROC on the key figure's OOD set, Home labels the model as weak."""
+
+
+def key_figure_caption(name: str, ind: str, ood: str, rose: str, view) -> str:
+    """The key figure's caption, from the selected model's bundle numbers."""
+    n_in, n_ood = int(view.loc[rose, "n_in"]), int(view.loc[rose, "n_ood"])
+    nll, score = float(view.loc["nll", "auroc"]), float(view.loc[rose, "auroc"])
+    lower = ", giving the OOD images *lower* NLL" if nll < 0.5 else ""
+    return (f"{dataset_label(ind)} (in-distribution, {n_in} images) vs {dataset_label(ood)} ({n_ood} images) under "
+            f"`{name}`, from its results bundle. Left: the likelihood (NLL AUROC {nll:.3f}) {separation(nll)}{lower}. "
+            f"Right: {method_label(rose)} (AUROC {score:.3f}) {separation(score)}.")
+
+
+def weak_model_note(name: str, card: dict, ood: str, rose: str, view) -> str | None:
+    """A plain warning when the selected model is weak on the key figure's OOD set (ROSE AUROC below
+    :data:`WEAK_AUROC`), with its epochs and the best method in its bundle; None otherwise."""
+    score = float(view.loc[rose, "auroc"])
+    if score >= WEAK_AUROC:
+        return None
+    epochs = card.get("epochs", "?")
+    best = view["auroc"].astype(float).idxmax()
+    beside = (f" In this bundle {method_label(best)} does better on {dataset_label(ood)} "
+              f"(AUROC {view.loc[best, 'auroc']:.3f})." if best != rose else "")
+    return (f"`{name}` is a weak model for this comparison: trained {epochs} epoch(s); {method_label(rose)} AUROC on "
+            f"{dataset_label(ood)} is {score:.3f}.{beside} Its numbers do not show what ROSE does with a "
+            f"well-trained model.")
 
 
 def home() -> None:
@@ -73,27 +115,29 @@ test that fired.
                     "- **Robustness**: brightness and blur sweeps, Fisher sample size\n"
                     "- **Methods**: Table-2 comparison and throughput")
 
-    st.subheader("Key figure: NLL fails, ROSE separates")
     b = state.bundle(name)
     ood = "mnist" if "mnist" in b.ood_sets() else (b.ood_sets()[0] if b.ood_sets() else None)
     methods = b.methods() if b.exists else []
     rose = next((f"rose-{f}" for f in state.fisher_order(name) if f"rose-{f}" in methods), None)
+    st.subheader(f"Key figure: the likelihood and ROSE on {dataset_label(ood)}" if ood else "Key figure")
     if not b.exists or ood is None or "nll" not in methods or rose is None:
         ui.missing_bundle_message(name, "The key figure", state.main_preset(name))
     else:
         ind = b.in_dist()
         a_nll, o_nll = b.nll_split(ood)
         a_rose, o_rose = b.split(rose, ood)
-        auc = b.metrics_view(ood, ["nll", rose]).set_index("method")["auroc"]
+        view = b.metrics_view(ood, methods).set_index("method")
+        auc = view["auroc"]
         c1, c2 = st.columns(2)
         c1.plotly_chart(charts.histogram_pair(a_nll, o_nll, dataset_label(ind), dataset_label(ood),
                                               f"NLL (AUROC {auc['nll']:.3f})", "NLL (nats)"), key="home_nll")
         c2.plotly_chart(charts.histogram_pair(a_rose, o_rose, dataset_label(ind), dataset_label(ood),
                                               f"{method_label(rose)} (AUROC {auc[rose]:.3f})",
                                               "ROSE score (higher = more OOD)"), key="home_rose")
-        st.caption(f"{dataset_label(ind)} (in-distribution) vs {dataset_label(ood)} under `{name}`, "
-                   "from the results bundle. Left: the OOD images get *lower* NLL, so the likelihood ranks them "
-                   "as more typical. Right: ROSE puts them far above the in-distribution scores.")
+        st.caption(key_figure_caption(name, ind, ood, rose, view), help=glossary.tip("auroc"))
+        weak = weak_model_note(name, card, ood, rose, view)
+        if weak:
+            st.warning(weak, icon=":material/warning:")
 
     st.subheader("Datasets on this machine")
     table = state.datasets_table(str(data_dir()))

@@ -224,9 +224,39 @@ def test_home_shows_card_datasets_and_key_figure(app_env):
     assert "MNIST" in nll["data"][1]["name"]
     assert float(nll["layout"]["title"]["text"].split("AUROC ")[1].rstrip(")")) < 0.5  # NLL fails on MNIST
     assert float(rose["layout"]["title"]["text"].split("AUROC ")[1].rstrip(")")) > 0.9
+    # the caption is about this model: its own bundle numbers, in words that match them
+    res = Results.for_checkpoint(MODEL, app_env["results"])
+    view = res.metrics_view("mnist", ["nll", "rose-ekfac"]).set_index("method")
+    caption = [c for c in texts(at, "caption") if "from its results bundle" in c]
+    assert len(caption) == 1
+    assert f"NLL AUROC {view.loc['nll', 'auroc']:.3f}) ranks the OOD images as *more* in-distribution" in caption[0]
+    assert f"ROSE (EKFAC) (AUROC {view.loc['rose-ekfac', 'auroc']:.3f}) separates them well" in caption[0]
+    assert not any("weak model" in t for t in texts(at, "warning"))
     datasets = at.dataframe[0].value
     assert {"fashion-mnist", "mnist"} <= set(datasets["dataset"])
     assert datasets.set_index("dataset").loc["fashion-mnist", "available here"]
+
+
+def test_home_labels_a_weak_model_with_its_epochs_and_numbers(app_env, tmp_path, monkeypatch):
+    """A model whose ROSE AUROC on MNIST is low gets no claim that ROSE separates the sets: the caption says
+    how weakly it does, and a warning names its epochs and the method that does better in its bundle."""
+    import shutil
+
+    shutil.copytree(app_env["results"], tmp_path / "results")
+    res = Results.for_checkpoint(MODEL, tmp_path / "results")
+    m = res.table("metrics").copy()
+    rows = (m["ood_set"] == "mnist") & (m["perturbation"] == "none")
+    m.loc[rows & (m["method"] == "rose-ekfac"), "auroc"] = 0.66
+    m.loc[rows & (m["method"] == "rose-diag"), "auroc"] = 0.6
+    m.loc[rows & (m["method"] == "input-complexity-png"), "auroc"] = 0.9
+    res.write("metrics", m)
+    monkeypatch.setenv("ROSE_RESULTS", str(tmp_path / "results"))
+    at = open_page()
+    caption = [c for c in texts(at, "caption") if "from its results bundle" in c][0]
+    assert "ROSE (EKFAC) (AUROC 0.660) barely separates them" in caption and "separates them well" not in caption
+    warning = [t for t in texts(at, "warning") if "weak model" in t]
+    assert len(warning) == 1 and "trained 3 epoch(s)" in warning[0] and "AUROC on MNIST is 0.660" in warning[0]
+    assert "Input Complexity" in warning[0] and "(AUROC 0.900)" in warning[0]
 
 
 def test_model_choice_applies_to_every_page(app_env):
