@@ -139,6 +139,9 @@ test that fired.
         if weak:
             st.warning(weak, icon=":material/warning:")
 
+    with st.expander("Glossary: the words and numbers on these pages"):
+        st.markdown(glossary.markdown())
+
     st.subheader("Datasets on this machine")
     table = state.datasets_table(str(data_dir()))
     st.dataframe(table[["dataset", "title", "real data", "stands in for", "available here", "how to get it"]],

@@ -12,7 +12,7 @@ from rose_core import charts
 from rose_core.defaults import VERDICT
 from rose_core.errors import RoseError
 from rose_core.labels import JPEG_NOTE, dataset_label, method_label
-from studio import state
+from studio import glossary, state
 from studio import uploads
 from studio import verdict as verdict_words
 from studio import widgets as ui
@@ -28,8 +28,8 @@ name, card = ui.open_page("Score images")
 c1, c2 = st.columns([2, 1])
 source = c1.radio("Images from", ["Upload files", "Dataset samples"], horizontal=True, key="score_source")
 fisher = c2.radio("Fisher approximation", state.fisher_order(name), format_func=str.upper, horizontal=True,
-                  key=f"score_fisher_{name}", help="EKFAC or the cheaper diagonal Fisher (DIAG); the first option "
-                                                   "is the paper's choice for this model.")
+                  key=f"score_fisher_{name}", help="The first option is the paper's choice for this model.\n\n"
+                                                   + glossary.tips("ekfac", "diag"))
 VERDICT_NAMES = {"rose": "ROSE", "rose+typicality": "ROSE + likelihood typicality"}
 verdict = st.radio("Verdict test", list(VERDICT_NAMES), index=list(VERDICT_NAMES).index(VERDICT), horizontal=True,
                    key="score_verdict", format_func=lambda v: VERDICT_NAMES[v] + (" (default)" if v == VERDICT else ""),
@@ -38,7 +38,7 @@ verdict = st.radio("Verdict test", list(VERDICT_NAMES), index=list(VERDICT_NAMES
                         "likelihood is atypically high or low — e.g. noise and blank images.")
 tpr = st.slider("In-distribution true-positive rate of the threshold", 0.80, 0.99, 0.95, 0.01, format="%.2f",
                 key="score_tpr", help="The threshold keeps this fraction of in-distribution calibration images "
-                                      "below it; images scoring above it are called OOD.")
+                                      "below it; images scoring above it are called OOD.\n\n" + glossary.tip("tpr"))
 
 images: list[np.ndarray] = []
 names: list[str] = []
@@ -122,7 +122,8 @@ else:
     rule = (f"**Verdict test: ROSE + likelihood typicality.** OOD when the combined p-value is below "
             f"{p_text(math.exp(-threshold))} (threshold {threshold:.3f} on −log p), which keeps {tpr:.0%} of "
             f"{live.calibration_source} in-distribution.")
-st.markdown(f"{rule}  \n{verdict_words.meaning(result.verdict_test, tpr)}  \nLikelihood shown: {result.nll_kind}.")
+st.markdown(f"{rule}  \n{verdict_words.meaning(result.verdict_test, tpr)}  \nLikelihood shown: {result.nll_kind}.",
+            help=glossary.tips("rose_score", "iwae" if result.nll_kind.startswith("IWAE") else "nll"))
 for msg in live.messages:
     st.caption(f"Note: {msg}")
 if live.fit_source != "bundle":
@@ -135,13 +136,15 @@ summary = frame[["image", "verdict", "fired", f"{live.method}_score", "p_rose", 
 n_ood = int(verdicts.sum())
 st.subheader(f"{len(result)} image(s) scored: {n_ood} OOD, {len(result) - n_ood} in-distribution")
 st.dataframe(summary, hide_index=True, column_config={
-    "fired": st.column_config.TextColumn("test that fired"),
-    f"{live.method}_score": st.column_config.NumberColumn("ROSE score", format="%.3f"),
-    "p_rose": st.column_config.NumberColumn("p ROSE", format="%.4f"),
-    "p_typicality": st.column_config.NumberColumn("p typicality", format="%.4f"),
-    "p_combined": st.column_config.NumberColumn("p combined", format="%.4f"),
-    "nll_nats": st.column_config.NumberColumn("NLL (nats)", format="%.1f"),
-    "bits_per_dim": st.column_config.NumberColumn("bits/dim", format="%.3f")}, key="score_table")
+    "fired": st.column_config.TextColumn("test that fired", help=glossary.tip("typicality")),
+    f"{live.method}_score": st.column_config.NumberColumn("ROSE score", format="%.3f", help=glossary.tip("rose_score")),
+    "p_rose": st.column_config.NumberColumn("p ROSE", format="%.4f", help=glossary.tip("p_value")),
+    "p_typicality": st.column_config.NumberColumn("p typicality", format="%.4f", help=glossary.tip("typicality")),
+    "p_combined": st.column_config.NumberColumn("p combined", format="%.4f", help=glossary.tip("p_value")),
+    "nll_nats": st.column_config.NumberColumn("NLL (nats)", format="%.1f", help=f"{result.nll_kind}. "
+                                              + glossary.tip("iwae" if result.nll_kind.startswith("IWAE") else "nll")),
+    "bits_per_dim": st.column_config.NumberColumn("bits/dim", format="%.3f", help=glossary.tip("bits_per_dim"))},
+    key="score_table")
 st.download_button("Download all results (CSV)", frame.to_csv(index=False).encode(), file_name=f"rose-{name}.csv",
                    mime="text/csv", key="score_csv")
 
@@ -163,5 +166,6 @@ for i in range(min(len(result), MAX_CARDS)):
                      f"NLL **{result.nll_nats[i]:.1f}** nats = **{result.bits_per_dim[i]:.3f}** bits/dim"
                      + ("  \n_JPEG upload: re-encoding alone can shift it (see the note above)._"
                         if result.names[i] in jpeg_names else ""))
-        right.plotly_chart(charts.zscore_figure(result.layer_names, result.layer_z[i], threshold if flat else None,
+        right.plotly_chart(charts.zscore_figure([glossary.layer_label(n) for n in result.layer_names],
+                                                result.layer_z[i], threshold if flat else None,
                                                 "per-layer z-scores"), key=f"z_{i}")

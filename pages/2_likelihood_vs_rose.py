@@ -8,7 +8,7 @@ import streamlit as st
 
 from rose_core import charts
 from rose_core.labels import dataset_label, method_label
-from studio import state
+from studio import glossary, state
 from studio import widgets as ui
 
 name, card = ui.open_page("Likelihood vs ROSE")
@@ -27,8 +27,9 @@ if "nll" not in methods or not roses or not ood_sets:
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
 ood = c1.selectbox("OOD set", ood_sets, index=ood_sets.index("mnist") if "mnist" in ood_sets else 0,
                    format_func=dataset_label, key="lvr_ood")
-rose = c2.radio("ROSE Fisher", roses, format_func=method_label, key="lvr_rose")
-unit = c3.radio("NLL unit", ["nats", "bits/dim"], horizontal=True, key="lvr_unit")
+rose = c2.radio("ROSE Fisher", roses, format_func=method_label, key="lvr_rose", help=glossary.tips("ekfac", "diag"))
+unit = c3.radio("NLL unit", ["nats", "bits/dim"], horizontal=True, key="lvr_unit",
+                help=glossary.tips("nll", "bits_per_dim"))
 bins = c4.slider("Bins", 10, 120, 50, 5, key="lvr_bins")
 
 ind = b.in_dist()

@@ -6,7 +6,7 @@ import streamlit as st
 
 from rose_core import charts
 from rose_core.labels import dataset_label, method_label
-from studio import state
+from studio import glossary, state
 from studio import widgets as ui
 
 name, _ = ui.open_page("ROC curves")
@@ -40,8 +40,9 @@ table.insert(0, "Method", table.pop("method").map(method_label))
 st.dataframe(table.rename(columns={"auroc": "AUROC", "auprc_in": "AUPRC (in)", "auprc_out": "AUPRC (out)",
                                    "fpr80": "FPR80", "n_in": "n in", "n_ood": "n OOD", "source": "source"}),
              hide_index=True, key="roc_table",
-             column_config={c: st.column_config.NumberColumn(format="%.3f")
-                            for c in ("AUROC", "AUPRC (in)", "AUPRC (out)", "FPR80")})
+             column_config={c: st.column_config.NumberColumn(format="%.3f", help=glossary.tip(k))
+                            for c, k in (("AUROC", "auroc"), ("AUPRC (in)", "auprc_in"), ("AUPRC (out)", "auprc_in"),
+                                         ("FPR80", "fpr80"))})
 st.caption("Conventions (rose_core.metrics): AUROC and FPR80 treat OOD as the positive class; AUPRC (in) treats "
            "in-distribution as positive (the paper's Table 4), AUPRC (out) OOD. FPR80 = fraction of in-distribution "
            "images flagged at the threshold that catches 80% of the OOD images (lower is better).")
