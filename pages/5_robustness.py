@@ -47,7 +47,6 @@ else:
     at_point = b.auroc_at(ood, "brightness", factor) if b.exists else {}
     for method in method_order(at_point):
         values[method_label(method)] = (at_point[method], "results bundle")
-    perturbed = None
     if live_on:
         live = state.live_scorer(name, state.default_fisher(name))
         if live is not None:
@@ -55,22 +54,24 @@ else:
             out = state.computed(key, lambda progress: live.perturbed_auroc(ood_images, "brightness", factor, n_ref=n,
                                                                          progress=progress),
                               f"Scoring {n} + {n} images at {factor:.1f}× brightness")
-            perturbed = out["perturbed"]
             values[f"{method_label(live.method)} (live)"] = (out["auroc"][live.method],
                                                                  f"live, {out['n_in']} in vs {out['n_ood']} OOD")
             values[f"likelihood (live, {live.loss_kind})"] = (out["auroc"]["nll"],
                                                               f"live, {out['n_in']} in vs {out['n_ood']} OOD")
-    if perturbed is None:
-        import numpy as np
-        import torch
+    # one OOD image at every step of the slider, each captioned with its own factor; the chosen one marked
+    import numpy as np
+    import torch
 
-        from rose_core import perturb
-        from rose_core.data import prepare_images
+    from rose_core import perturb
+    from rose_core.data import prepare_images
 
-        small = prepare_images(ood_images[:8], 32)
-        t = perturb.brightness(torch.from_numpy(np.ascontiguousarray(small)).permute(0, 3, 1, 2), factor)
-        perturbed = t.permute(0, 2, 3, 1).numpy()
-    st.image([upscale(im, 96) for im in perturbed[:8]], caption=[f"{factor:.1f}×"] * min(8, len(perturbed)))
+    first = torch.from_numpy(np.ascontiguousarray(prepare_images(ood_images[:1], 32))).permute(0, 3, 1, 2)
+    steps = [round(0.2 * k, 1) for k in range(1, 10)]
+    strip = [perturb.brightness(first, s).permute(0, 2, 3, 1).numpy()[0] for s in steps]
+    st.image([upscale(im, 72) for im in strip],
+             caption=[f"▶ {s:.1f}× (chosen)" if abs(s - factor) < 1e-9 else f"{s:.1f}×" for s in steps])
+    st.caption(f"The first {dataset_label(ood)} image at each brightness factor; every OOD image is scored at the "
+               "chosen one.")
     if values:
         st.plotly_chart(charts.auroc_bars(values, f"AUROC at {factor:.1f}× brightness of {dataset_label(ood)}"),
                         key="rob_live_chart")

@@ -6,9 +6,9 @@ import streamlit as st
 
 from rose_core import charts
 from rose_core.labels import JPEG_NOTE, METRIC_LABELS, dataset_label, dataset_short, method_label, stand_in_note
-from studio import state
+from studio import glossary, state
 from studio import widgets as ui
-from studio.format import best_styled, rate_text
+from studio.format import best_styled, device_text, number_text, rate_text
 
 name, _ = ui.open_page("Methods")
 b = ui.require_bundle(name, ("metrics",), "This page", state.main_preset(name))
@@ -16,7 +16,7 @@ if b is None:
     st.stop()
 
 metric = st.radio("Metric", ["auroc", "auprc_in", "fpr80"], format_func=METRIC_LABELS.get, horizontal=True,
-                  key="methods_metric")
+                  key="methods_metric", help=glossary.tips("auroc", "auprc_in", "fpr80"))
 table = b.comparison(metric)
 if table.empty:
     ui.missing_bundle_message(name, "The comparison table", state.main_preset(name))
@@ -36,14 +36,16 @@ tv = b.throughput_view()
 if tv.empty or tv["overall_auroc"].isna().all():
     ui.missing_bundle_message(name, "The throughput chart (Figure 4)", "throughput")
 else:
+    tv = tv.assign(device=tv["device"].map(device_text))
     device = ", ".join(sorted(set(tv["device"].astype(str))))
     st.plotly_chart(charts.throughput_figure(tv, f"Images per second vs Overall AUROC (measured on {device})"),
                     key="methods_throughput")
     st.dataframe(tv.assign(method=tv["method"].astype(str).map(method_label),
-                           images_per_s=tv["images_per_s"].map(rate_text)).rename(
+                           images_per_s=tv["images_per_s"].map(rate_text),
+                           overall_auroc=tv["overall_auroc"].map(number_text)).rename(
         columns={"images_per_s": "images/s", "overall_auroc": "Overall AUROC"}), hide_index=True,
         key="methods_throughput_table",
-        column_config={"Overall AUROC": st.column_config.NumberColumn(format="%.3f")})
+        column_config={"Overall AUROC": st.column_config.TextColumn(help=glossary.tip("auroc"))})
     missing = tv.loc[tv["overall_auroc"].isna(), "method"].astype(str).map(method_label).tolist()
     if missing:
         st.caption(f"Not in the chart (no Overall AUROC in the bundle, e.g. scored on some OOD sets only): "

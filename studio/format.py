@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -13,6 +15,16 @@ def best_styled(table: pd.DataFrame, lower_better: bool = False, digits: int = 3
     best = num.eq(num.min() if lower_better else num.max()) & num.notna()
     text = num.map(lambda v: "—" if pd.isna(v) else f"{v:.{digits}f}")
     return text.style.apply(lambda _: np.where(best.to_numpy(), "background-color: #c7e9c0", ""), axis=None)
+
+
+def number_text(v, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, "—" when missing (a NumberColumn would print None)."""
+    return "—" if v is None or pd.isna(v) else f"{float(v):.{digits}f}"
+
+
+def device_text(device: str) -> str:
+    """A recorded device with correct grammar: ``cpu (1 threads)`` → ``cpu (1 thread)``."""
+    return re.sub(r"\b1 threads\b", "1 thread", str(device))
 
 
 def rate_text(v: float | None) -> str:

@@ -28,6 +28,7 @@ from rose_core.metrics import auroc, ood_metrics
 from rose_core.models import VAE, VAEConfig
 from rose_core.results import Results
 from rose_core.defaults import fit_default_rose
+from studio import glossary
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "tiny-vae"
@@ -417,7 +418,10 @@ def test_damaged_bundle_table_is_named_with_the_command_to_recompute_it(app_env,
 def test_layer_heatmap_toggle(app_env):
     at = open_page("pages/4_layer_auroc.py")
     ek = chart(at, "EKFAC Fisher")
-    assert ek["data"][0]["y"] == LAYERS and len(ek["data"][0]["x"]) == len(OOD_SETS)
+    # readable layer names, and display names only on the x-axis (no registry id beside a title)
+    assert ek["data"][0]["y"] == ["encoder conv 1", "encoder conv 2", "encoder conv 3", "μ head", "log σ² head"]
+    assert ek["data"][0]["x"] == ["Letters A–J from fonts (NotMNIST stand-in)", "MNIST", "Uniform noise (stand-in)"]
+    assert [row[0] for row in ek["data"][0]["customdata"]] == LAYERS  # the module path on hover
     at.radio(key="layer_fisher").set_value("diag").run()
     diag = chart(at, "DIAG Fisher")
     assert arr(ek["data"][0]["z"]).shape == (len(LAYERS), len(OOD_SETS))
@@ -443,16 +447,54 @@ def test_methods_table_and_throughput(app_env):
     assert any("re-encoding artefacts" in c for c in texts(at, "caption"))
 
 
+def test_throughput_table_grammar_and_missing_overall(app_env, tmp_path, monkeypatch):
+    """A recorded "cpu (1 threads)" reads "1 thread"; a method without an Overall AUROC shows "—", not None."""
+    import shutil
+
+    shutil.copytree(app_env["results"], tmp_path / "results")
+    res = Results.for_checkpoint(MODEL, tmp_path / "results")
+    t = res.table("throughput").copy()
+    t["device"] = "cpu (1 threads)"
+    t = pd.concat([t, t.iloc[:1].assign(method="likelihood-regret", images_per_s=0.5)], ignore_index=True)
+    res.write("throughput", t)
+    monkeypatch.setenv("ROSE_RESULTS", str(tmp_path / "results"))
+    at = open_page("pages/6_methods.py")
+    assert not at.exception, [e.value for e in at.exception]
+    assert "measured on cpu (1 thread))" in chart(at, "Images per second vs Overall AUROC")["layout"]["title"]["text"]
+    table = at.dataframe[1].value.set_index("method")
+    assert set(table["device"]) == {"cpu (1 thread)"}
+    assert table.loc["Likelihood Regret", "Overall AUROC"] == "—"
+    assert table.loc["ROSE (EKFAC)", "Overall AUROC"] == f"{res.metric('rose-ekfac', 'overall'):.3f}"
+
+
+def test_glossary_on_home_and_readable_layer_names(app_env):
+    at = open_page()
+    body = " ".join(m.value for m in at.expander[-1].markdown)
+    for term in ("TPR", "EKFAC", "DIAG", "−ELBO at z = μ", "IWAE, k = 20", "AUROC", "AUPRC (in)", "FPR80",
+                 "`logvar_head`", "`levels.L.S.invconv`", "ROSE score"):
+        assert term in body, term
+    assert "standard deviations the most unusual layer" in body
+    assert glossary.layer_label("logvar_head") == "log σ² head"
+    assert glossary.layer_label("levels.0.10.invconv") == "flow level 1, step 11, 1×1 conv"
+    assert glossary.layer_label("encoder.5") == "encoder conv 3" and glossary.layer_label("odd.name") == "odd.name"
+    # the tooltips are the glossary's words
+    at.switch_page("pages/1_score_images.py").run()
+    assert glossary.TERMS["tpr"][1] in at.slider(key="score_tpr").help
+
+
 def test_robustness_slider_sweeps_and_figure5(app_env):
     at = open_page("pages/5_robustness.py")
     assert not at.exception
     live = chart(at, "AUROC at 1.0× brightness")
     labels = live["data"][0]["x"]
     assert "ROSE (EKFAC) (live)" in labels and "ROSE (EKFAC)" in labels  # live and bundle side by side
-    assert len(at.get("image")) >= 1 and len(at.get("image")[0].proto.imgs) == 8
+    strip = at.get("image")[0].proto.imgs
+    assert [im.caption for im in strip] == ["0.2×", "0.4×", "0.6×", "0.8×", "▶ 1.0× (chosen)", "1.2×", "1.4×",
+                                            "1.6×", "1.8×"]
     before = arr(live["data"][0]["y"])
     at.slider(key="rob_brightness").set_value(0.4).run()
     assert not at.exception
+    assert [im.caption for im in at.get("image")[0].proto.imgs][1] == "▶ 0.4× (chosen)"
     after = arr(chart(at, "AUROC at 0.4× brightness")["data"][0]["y"])
     assert not np.array_equal(after, before)
     sweep = chart(at, "AUROC vs brightness")
@@ -544,7 +586,7 @@ def test_upload_good_and_bad_files(app_env):
 
     assert len(at.get("download_button")) == 1
     z = [c for c in charts(at) if c["layout"]["title"]["text"] == "per-layer z-scores"]
-    assert len(z) == len(scored) and z[0]["data"][0]["x"] == LAYERS
+    assert len(z) == len(scored) and z[0]["data"][0]["x"] == [glossary.layer_label(n) for n in LAYERS]
     np.testing.assert_allclose(arr(z[0]["data"][0]["y"]), expected.layer_z[0], rtol=1e-6)
 
     # a stricter TPR moves the threshold up, without rescoring
