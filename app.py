@@ -38,9 +38,9 @@ def key_figure_caption(name: str, ind: str, ood: str, rose: str, view) -> str:
     """The key figure's caption, from the selected model's bundle numbers."""
     n_in, n_ood = int(view.loc[rose, "n_in"]), int(view.loc[rose, "n_ood"])
     nll, score = float(view.loc["nll", "auroc"]), float(view.loc[rose, "auroc"])
-    lower = ", giving the OOD images *lower* NLL" if nll < 0.5 else ""
+    lower = " The OOD images get *lower* NLL." if nll < 0.5 else ""
     return (f"{dataset_label(ind)} (in-distribution, {n_in} images) vs {dataset_label(ood)} ({n_ood} images) under "
-            f"`{name}`, from its results bundle. Left: the likelihood (NLL AUROC {nll:.3f}) {separation(nll)}{lower}. "
+            f"`{name}`, from its results bundle. Left: the likelihood (NLL AUROC {nll:.3f}) {separation(nll)}.{lower} "
             f"Right: {method_label(rose)} (AUROC {score:.3f}) {separation(score)}.")
 
 

@@ -149,7 +149,8 @@ def missing_bundle_message(name: str, what: str = "This page", preset: str | Non
     lines.append(f"It writes into `{folder}` (tables and manifest.json). "
                  + (f"The committed bundle has this experiment: `git checkout -- {folder}` restores it, and undoes "
                     "a new run." if committed is not None and preset in committed else
-                    f"To undo, restore the committed bundle with `git checkout -- {folder}`."
+                    f"To undo, restore the committed bundle with `git checkout -- {folder}` and delete any new table "
+                    "it added."
                     if committed is not None else f"To undo, delete `{folder}` (it is not under version control)."))
     st.info("\n\n".join(lines))
     if preset:
