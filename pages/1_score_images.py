@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from rose_core import charts
-from rose_core.defaults import VERDICT
+from rose_core.defaults import default_verdict
 from rose_core.errors import RoseError
 from rose_core.labels import JPEG_NOTE, dataset_label, method_label
 from studio import glossary, state
@@ -31,6 +31,7 @@ fisher = c2.radio("Fisher approximation", state.fisher_order(name), format_func=
                   key=f"score_fisher_{name}", help="The first option is the paper's choice for this model.\n\n"
                                                    + glossary.tips("ekfac", "diag"))
 VERDICT_NAMES = {"rose": "ROSE", "rose+typicality": "ROSE + likelihood typicality"}
+VERDICT = default_verdict(card.get("kind"))
 verdict = st.radio("Verdict test", list(VERDICT_NAMES), index=list(VERDICT_NAMES).index(VERDICT), horizontal=True,
                    key="score_verdict", format_func=lambda v: VERDICT_NAMES[v] + (" (default)" if v == VERDICT else ""),
                    help="ROSE alone (the default, chosen on in-distribution and stress-suite evidence: see the README), "

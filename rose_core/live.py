@@ -25,7 +25,8 @@ Where each piece comes from, in order of preference:
   default (−ELBO at z = μ for the VAE, exact NLL for Glow; free), or IWAE with
   ``k`` importance samples on request (``nll="iwae"``, slower).
 
-Verdict (:data:`rose_core.defaults.VERDICT` unless the caller picks one):
+Verdict (the model kind's default, :func:`rose_core.defaults.default_verdict`, unless the caller
+picks one):
 ``"rose"`` calls a sample OOD when its ROSE score is strictly above the
 threshold that keeps a fraction ``tpr`` of the calibration scores;
 ``"rose+typicality"`` thresholds the combined min-p statistic of ROSE's test
@@ -162,7 +163,7 @@ class LiveScorer:
     cache (default ``$ROSE_DATA`` or ``./data``); ``cache_dir`` where fits made here are kept
     (default ``<results>/cache/live``); ``n_fisher``/``n_calibration`` override the default fit
     sizes (``None``: the defaults' rule and the whole calibration half); ``verdict`` ``"rose"`` or
-    ``"rose+typicality"`` (default :data:`rose_core.defaults.VERDICT`); ``nll_k`` importance
+    ``"rose+typicality"`` (default: the model kind's, :func:`rose_core.defaults.default_verdict`); ``nll_k`` importance
     samples of the VAE's IWAE NLL when asked for; ``progress`` a :data:`Progress` callback.
     """
 
@@ -171,12 +172,9 @@ class LiveScorer:
                  cache_dir: str | os.PathLike | None = None, n_fisher: int | None = None,
                  n_calibration: int | None = None, verdict: str | None = None, seed: int = 0, nll_k: int = 20,
                  batch_size: int = 64, device: str = "cpu", progress: Progress | None = None) -> None:
-        from rose_core.defaults import VERDICT
-
         if fisher not in (None, "ekfac", "diag"):
             raise ValueError(f"fisher must be None, 'ekfac' or 'diag', got {fisher!r}.")
-        verdict = VERDICT if verdict is None else verdict
-        if verdict not in VERDICTS:
+        if verdict is not None and verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}.")
         for label, v in (("n_fisher", n_fisher), ("n_calibration", n_calibration)):
             if v is not None and (not isinstance(v, int) or v < 2):
@@ -187,7 +185,6 @@ class LiveScorer:
         self.data_root = data_root
         self.seed, self.nll_k = int(seed), int(nll_k)
         self.batch_size = int(batch_size)
-        self.verdict = verdict
         self.messages: list[str] = []
         self._lock = threading.Lock()
         self._references: dict[tuple, _Reference] = {}
@@ -208,6 +205,7 @@ class LiveScorer:
             self._overrides["fisher"] = fisher
         self.n_calibration = n_calibration
         self.spec = self._spec()
+        self.verdict = self.spec.verdict if verdict is None else verdict
         self.fisher = self.spec.fisher
         self.method = f"rose-{self.fisher}"
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from pathlib import Path
@@ -211,7 +212,7 @@ def live_sizes() -> dict[str, int]:
 
 def live_key(name: str, fisher: str, verdict: str | None = None) -> tuple | None:
     """The identity of the live scorer of ``name``: weights, ROSE fit and calibration inputs, by content,
-    and the verdict test (``None``: the default, :data:`rose_core.defaults.VERDICT`); None when the
+    and the verdict test (``None``: the model kind's default, :func:`rose_core.defaults.default_verdict`); None when the
     checkpoint is missing. Equal keys give equal scores."""
     card = checkpoints_dir() / f"{name}.json"
     weights = file_hash(weights_path(card))
@@ -220,10 +221,15 @@ def live_key(name: str, fisher: str, verdict: str | None = None) -> tuple | None
     fits = results_dir() / name / "fits"
     fit = file_hash(fits / f"rose-{fisher}.json")
     fit_weights = file_hash(fits / f"rose-{fisher}.safetensors")
-    from rose_core.defaults import VERDICT
+    from rose_core.defaults import default_verdict
 
+    if verdict is None:
+        try:
+            verdict = default_verdict(json.loads(card.read_text()).get("kind"))
+        except (OSError, ValueError):
+            verdict = default_verdict(None)
     return ("live", name, fisher, weights, fit, fit_weights, str(results_dir()), str(data_dir()),
-            tuple(sorted(live_sizes().items())), verdict or VERDICT)
+            tuple(sorted(live_sizes().items())), verdict)
 
 
 def live_scorer(name: str, fisher: str = "ekfac", verdict: str | None = None):

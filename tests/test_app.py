@@ -614,7 +614,7 @@ def test_verdict_card_names_the_test_that_fired_and_both_p_values(app_env, monke
     gives ROSE's, typicality's and the combined p-value, as the library computes them."""
     import rose_core.defaults as defaults
 
-    monkeypatch.setattr(defaults, "VERDICT", "rose+typicality")
+    monkeypatch.setitem(defaults.VERDICT_BY_KIND, "vae", "rose+typicality")
     grey = np.full((28, 28), 128, np.uint8)
     boot = load_dataset(IN_SET, "test", n=1, seed=3).images[0, ..., 0]
     files = [("grey.png", png(grey), "image/png"), ("boot.png", png(boot), "image/png")]

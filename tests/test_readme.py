@@ -28,7 +28,8 @@ def test_every_marked_block_has_a_renderer_and_stale_text_is_caught(tmp_path):
 
 
 def test_default_verdict_is_the_recorded_decision():
-    from rose_core.defaults import VERDICT
+    from rose_core.defaults import VERDICT_BY_KIND
 
-    decision = json.loads((REPO / "results" / "vae-fmnist" / "verdict.json").read_text())
-    assert decision["verdict"] == VERDICT, decision["reason"]
+    for name, kind in (("vae-fmnist", "vae"), ("glow-fmnist", "glow")):
+        decision = json.loads((REPO / "results" / name / "verdict.json").read_text())
+        assert decision["verdict"] == VERDICT_BY_KIND[kind], (name, decision["reason"])
