@@ -50,6 +50,29 @@ def compare_rows(b: Results, key: str, rows_map: dict[str, str]) -> str:
     return md_table(header, rows)
 
 
+def fit_protocol_note(b: Results, methods: list[str]) -> str:
+    """What each ROSE method's fit was made from (the bundle's manifest ``fits``): the default protocol
+    (Fisher on training images, calibration on the held-out test half) or the earlier one (Fisher and
+    normalisation on training images), so a table never compares the two silently."""
+    from rose_core.methods import parse_method
+
+    fits = (b.manifest or {}).get("fits", {})
+    parts = []
+    for m in methods:
+        spec = parse_method(m)
+        stem = "rose-" + spec.fisher + "".join(f"-{k}-{v}" for k, v in sorted(spec.options))
+        f = fits.get(stem)
+        if not f:
+            continue
+        if f.get("calibrated"):
+            parts.append(f"`{m}`: Fisher on {f['n_fisher']:,} training images, calibrated on {f['n_norm']:,} "
+                         "held-out test images (the default protocol)")
+        else:
+            parts.append(f"`{m}`: Fisher on {f['n_fisher']:,} and normalisation on {f['n_norm']:,} training images "
+                         "(the earlier protocol; re-run its preset to refit)")
+    return ("Fits: " + "; ".join(parts) + ".") if parts else ""
+
+
 def _n_note(b: Results, methods: list[str]) -> str:
     parts = []
     for m in methods:
@@ -119,7 +142,8 @@ def fisher_kinds(ctx: Context) -> list[str]:
     if ctx.glow is not None:
         if "rose-diag:layers=all" in ctx.glow.metric_methods():
             out += ["## Table 7 (Glow): InvConv vs all layers, AUROC ours (paper)", "",
-                    compare_rows(ctx.glow, "table7", {"InvConv": "rose-diag", "Full": "rose-diag:layers=all"}), ""]
+                    compare_rows(ctx.glow, "table7", {"InvConv": "rose-diag", "Full": "rose-diag:layers=all"}), "",
+                    fit_protocol_note(ctx.glow, ["rose-diag", "rose-diag:layers=all"]), ""]
         else:
             out += ["## Table 7 (Glow)", "", "_Not run (preset `glow-layers`)._", ""]
     return out
