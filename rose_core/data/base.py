@@ -38,6 +38,9 @@ class DatasetCard:
     stands_in_for: str | None = None
     stress_group: str | None = None
     """For the stress suite only: one of :data:`STRESS_GROUPS`; None for every other dataset."""
+    in_default_sets: bool = True
+    """False keeps the dataset out of ``available_datasets()`` (and so out of the evaluation
+    harness's default "every available OOD set") unless asked for; it still loads, and is listed."""
 
     def __post_init__(self) -> None:
         if self.stress_group is not None and self.stress_group not in STRESS_GROUPS:

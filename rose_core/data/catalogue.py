@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from rose_core.data import real, standins, stress
+from rose_core.data import cifar10_subset, real, standins, stress
 from rose_core.data.base import DatasetSpec
 from rose_core.data.registry import register_spec
 
-BUILDER_MODULES: tuple[ModuleType, ...] = (real, standins, stress)
+BUILDER_MODULES: tuple[ModuleType, ...] = (real, cifar10_subset, standins, stress)
 """Every module whose ``DATASETS`` are built in, in listing order."""
 
 

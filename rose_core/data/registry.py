@@ -88,15 +88,18 @@ def is_available(name: str, split: str = "test", root: str | os.PathLike | None 
         return False
 
 
-def available_datasets(root: str | os.PathLike | None = None, include_stress: bool = False) -> list[str]:
+def available_datasets(root: str | os.PathLike | None = None, include_stress: bool = False,
+                       include_opt_in: bool = False) -> list[str]:
     """Datasets whose test split is cached or can be built here.
 
     The stress suite (cards with a ``stress_group``) is left out unless ``include_stress``: it is
     run as its own group (``rose_core.data.stress.stress_sets``), so adding it does not grow every
-    experiment that scores "all available OOD sets".
+    experiment that scores "all available OOD sets". Likewise cards with ``in_default_sets=False``
+    (``cifar10-subset``) are left out unless ``include_opt_in``.
     """
     return [n for n in dataset_names()
-            if (include_stress or _REGISTRY[n].card.stress_group is None) and is_available(n, "test", root)]
+            if (include_stress or _REGISTRY[n].card.stress_group is None)
+            and (include_opt_in or _REGISTRY[n].card.in_default_sets) and is_available(n, "test", root)]
 
 
 def _read_cache(path: Path, card: DatasetCard, split: str) -> ImageSet | None:
