@@ -61,7 +61,7 @@ from torch import nn
 
 
 __all__ = ["LayerFactors", "UnsupportedLayer", "capture_factors", "per_sample_grads", "grad_shape",
-           "check_supported", "resolve_layers", "row_chunks", "DEFAULT_CHUNK_ELEMENTS"]
+           "check_supported", "resolve_layers", "SUPPORTED_LAYERS", "row_chunks", "DEFAULT_CHUNK_ELEMENTS"]
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
 """Largest number of elements of a materialised ``(n, C, D)`` gradient block (64 MiB in float32)."""
@@ -76,6 +76,11 @@ def row_chunks(n: int, c: int, d: int, max_elements: int = DEFAULT_CHUNK_ELEMENT
 
 class UnsupportedLayer(ValueError):
     """A layer type (or configuration, e.g. grouped convolution) per-sample gradients do not support."""
+
+
+SUPPORTED_LAYERS = ("nn.Conv2d (groups=1), nn.Linear, nn.ConvTranspose2d (groups=1, zero padding) and modules "
+                    "declaring rose_layout='pointwise' (e.g. Glow's InvConv1x1)")
+"""The layer types ROSE can score, as every :class:`UnsupportedLayer` message names them."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,19 +111,22 @@ def check_supported(name: str, module: nn.Module) -> None:
     """Raise :class:`UnsupportedLayer` unless ``module`` is a layer this module can differentiate."""
     if _pointwise(module):
         if not callable(getattr(module, "weight_grad_offset", None)) or _has_bias(module):
-            raise UnsupportedLayer(f"Layer {name!r} declares rose_layout='pointwise' but lacks weight_grad_offset() "
-                                   "or has a bias; see rose_core.pergrad.POINTWISE.")
+            raise UnsupportedLayer(f"Layer {name!r} ({type(module).__name__}) declares rose_layout='pointwise' but "
+                                   "lacks weight_grad_offset() or has a bias; see rose_core.pergrad.POINTWISE. "
+                                   f"Supported layers: {SUPPORTED_LAYERS}.")
         return
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         if module.groups != 1:
-            raise UnsupportedLayer(f"Layer {name!r}: grouped convolutions (groups={module.groups}) are not supported.")
+            raise UnsupportedLayer(f"Layer {name!r} is a grouped {type(module).__name__} (groups={module.groups}), "
+                                   f"which is not supported; supported layers: {SUPPORTED_LAYERS}.")
         if isinstance(module, nn.ConvTranspose2d) and module.padding_mode != "zeros":
-            raise UnsupportedLayer(f"Layer {name!r}: ConvTranspose2d with padding_mode={module.padding_mode!r}.")
+            raise UnsupportedLayer(f"Layer {name!r} is a ConvTranspose2d with padding_mode={module.padding_mode!r}, "
+                                   f"which is not supported; supported layers: {SUPPORTED_LAYERS}.")
         return
     if isinstance(module, nn.Linear):
         return
-    raise UnsupportedLayer(f"Layer {name!r} is a {type(module).__name__}; supported are nn.Conv2d, nn.Linear, "
-                           "nn.ConvTranspose2d and modules declaring rose_layout='pointwise' (Glow's InvConv1x1).")
+    raise UnsupportedLayer(f"Layer {name!r} is a {type(module).__name__}, which ROSE cannot score; supported layers: "
+                           f"{SUPPORTED_LAYERS}.")
 
 
 def _has_bias(module: nn.Module) -> bool:
@@ -139,7 +147,7 @@ def grad_shape(module: nn.Module) -> tuple[int, int]:
         return (module.out_channels, module.in_channels * kh * kw + b)
     if isinstance(module, nn.Linear):
         return (module.out_features, module.in_features + b)
-    raise UnsupportedLayer(f"No gradient layout for {type(module).__name__}.")
+    raise UnsupportedLayer(f"No gradient layout for {type(module).__name__}; supported layers: {SUPPORTED_LAYERS}.")
 
 
 def _append_ones(h: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,15 @@
-"""Generative models: the paper's VAE and Glow, built from a kind and a config."""
+"""Generative models: the paper's VAE and Glow, built from a kind and a config; any other model through
+:class:`ScorableModel` / :class:`ClassifierModel` (:mod:`rose_core.models.wrap`)."""
 
 from __future__ import annotations
 
 from rose_core.models.base import GenerativeModel
 from rose_core.models.glow import GLOW_CONFIGS, Glow, GlowConfig
 from rose_core.models.vae import VAE, VAE_CONFIGS, VAEConfig
+from rose_core.models.wrap import ClassifierModel, ScorableModel
 
 __all__ = ["GenerativeModel", "VAE", "VAEConfig", "VAE_CONFIGS", "Glow", "GlowConfig", "GLOW_CONFIGS",
-           "build_model"]
+           "build_model", "ScorableModel", "ClassifierModel"]
 
 _KINDS = {"vae": (VAE, VAEConfig, VAE_CONFIGS), "glow": (Glow, GlowConfig, GLOW_CONFIGS)}
 
