@@ -1,6 +1,6 @@
 """Argument checks the CLI runs before it loads a model (``train``, ``fit``, ``score``, ``data``).
 
-Every check raises :class:`rose_core.errors.InvalidInput` with one line that names the option,
+``image_folder`` only lists a folder (it opens no file). Every check raises :class:`rose_core.errors.InvalidInput` with one line that names the option,
 the value and what would be accepted, so ``python -m rose_core`` can print it and exit 2 within
 a second, not after a model loaded or a first batch was scored. Nothing here loads a model or a
 dataset.
@@ -16,7 +16,7 @@ from pathlib import Path
 from rose_core.errors import InvalidInput
 
 __all__ = ["at_least", "in_range", "finite", "writable_folder", "writable_stem", "known_dataset",
-           "checkpoint_exists", "device_spec"]
+           "checkpoint_exists", "device_spec", "image_folder"]
 
 
 def at_least(option: str, value, minimum, *, optional: bool = False) -> None:
@@ -113,3 +113,20 @@ def device_spec(option: str, spec: str) -> None:
         raise InvalidInput(f"{option} {spec!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInput(f"{option} {spec}: CUDA is not available here; use --device cpu or auto.")
+
+
+def image_folder(option: str, folder: str | os.PathLike | None, *, optional: bool = False) -> None:
+    """An existing folder holding at least one non-hidden file (searched recursively, as
+    :func:`rose_core.batch_score.folder_inputs` lists it); no file is opened."""
+    if folder is None and optional:
+        return
+    root = Path(str(folder))
+    if not root.exists():
+        raise InvalidInput(f"{option} {folder} does not exist; give a folder of images (searched recursively).")
+    if not root.is_dir():
+        raise InvalidInput(f"{option} {folder} is not a folder; give a folder of images (searched recursively).")
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(not f.startswith(".") and os.path.isfile(os.path.join(dirpath, f)) for f in filenames):
+            return
+    raise InvalidInput(f"{option} {folder} holds no image files (searched recursively; hidden files are skipped).")

@@ -8,6 +8,16 @@ images' layer scores and losses, so ``score`` reads the verdict threshold from i
 that keeps ``--tpr`` of the held-out calibration images in-distribution. A fit whose layers would
 be rank-deficient (fewer image-positions than a factor's dimension) is refused unless ``--force``.
 
+``python -m rose_core fit --checkpoint C --data FOLDER [--calibration-data FOLDER2] --out F`` fits on a
+folder of images instead (recursive; flat or class-subfolder layouts; every non-hidden file, or those of
+``--ext``): each file is decoded by :func:`rose_core.imageio.read_image` and prepared to the model's size
+and channels (:func:`rose_core.data.prepare_images`); a file that cannot be decoded is reported on stderr
+and skipped. The calibration images come from ``--calibration-data`` or, without it, from a fixed
+held-out split of ``--data``: every 5th file by sorted relative path (positions 4, 9, 14, … counted
+from 0, :func:`folder_split`); the other files are the Fisher images, so no image is in both. The fit
+card records the data under ``"data"``: each folder's path, file count, decoded and skipped counts and
+the SHA-256 of its sorted file list (:func:`file_list_sha256`).
+
 ``python -m rose_core score --checkpoint C [--fit F] (--input DIR | --list FILE | --dataset NAME)
 --out OUT`` streams images into Parquet (:mod:`rose_core.batch_score`); ``--fit auto`` (default)
 reuses or makes the default fit under ``results/cache/fits/``.
@@ -37,7 +47,12 @@ from rose_core.score_output import check_output_location
 
 log = logging.getLogger(__name__)
 
-__all__ = ["register_commands", "auto_fit_path", "fit_id", "fit_calibration"]
+__all__ = ["register_commands", "auto_fit_path", "fit_id", "fit_calibration", "folder_split", "file_list_sha256",
+           "CALIBRATION_EVERY"]
+
+CALIBRATION_EVERY = 5
+"""Without ``--calibration-data``, every ``CALIBRATION_EVERY``-th file of ``--data`` (by sorted relative
+path) is held out for calibration."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -84,13 +99,129 @@ def _fit_sets(model, dataset: str, spec, n_calibration: int | None, seed: int, c
     return prepare_images(train.images, size, channels), prepare_images(cal.images, size, channels), what
 
 
-def _spec(model, dataset: str, args):
+# ------------------------------------------------------------------------------------------------
+# Folders of images (fit --data)
+# ------------------------------------------------------------------------------------------------
+
+def folder_split(n_files: int, every: int = CALIBRATION_EVERY) -> tuple[list[int], list[int]]:
+    """Positions ``(fisher, calibration)`` of ``n_files`` sorted files: every ``every``-th file
+    (positions ``every-1``, ``2·every-1``, …) is held out for calibration, the others are Fisher images."""
+    cal = [i for i in range(n_files) if i % every == every - 1]
+    held = set(cal)
+    return [i for i in range(n_files) if i not in held], cal
+
+
+def file_list_sha256(keys) -> str:
+    """SHA-256 of a sorted file list: the relative POSIX paths joined by newlines, UTF-8."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(keys)).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _list_folder(option: str, folder: str, exts: list[str] | None):
+    try:
+        return folder_inputs(folder, exts)
+    except InvalidInput as exc:
+        raise InvalidInput(str(exc).replace("--input", option)) from None
+
+
+def _decode_files(inputs, positions, size: int, channels: int, option: str, ctx) -> tuple[np.ndarray, list]:
+    """Decode and prepare the files at ``positions``; a file that fails is reported (rank 0, stderr)
+    and skipped. Returns uint8 ``(n, size, size, channels)`` and the ``(file, reason)`` of skipped files."""
+    from rose_core.data import prepare_images
+
+    good, bad = [], []
+    for i in positions:
+        try:
+            arr = inputs.read(i)
+            good.append(prepare_images(arr[None], size, channels)[0])
+        except InvalidInput as exc:
+            bad.append((inputs.keys[i], getattr(exc, "reason", str(exc))))
+        except Exception as exc:   # a file must never stop the fit: report it and go on
+            bad.append((inputs.keys[i], f"{type(exc).__name__}: {exc}"))
+        else:
+            continue
+        if ctx.is_main:
+            print(f"skipped {option} file {bad[-1][0]}: {bad[-1][1]}", file=sys.stderr)
+    images = np.stack(good) if good else np.zeros((0, size, size, channels), dtype=np.uint8)
+    return images, bad
+
+
+def _folder_record(folder: str, inputs, used: int, bad: list, **extra) -> dict:
+    return {"folder": str(Path(folder).resolve()), "files": len(inputs), "decoded": used, "skipped": len(bad),
+            "skipped_files": [{"file": k, "reason": r} for k, r in bad[:100]],
+            "file_list_sha256": file_list_sha256(inputs.keys), **extra}
+
+
+def _folder_fit_sets(model, args, ctx):
+    """Fisher and calibration images from ``--data`` (and ``--calibration-data``), prepared for
+    ``model``; returns ``(spec, fisher images, calibration images, description, provenance)``."""
+    channels, size, _ = model.input_shape
+    exts = [e for e in args.ext.split(",") if e] if getattr(args, "ext", None) else None
+    data = _list_folder("--data", args.data, exts)
+    cal_folder = getattr(args, "calibration_data", None)
+    if cal_folder:
+        cal_inputs = _list_folder("--calibration-data", cal_folder, exts)
+        fisher_pos, cal_pos = list(range(len(data))), list(range(len(cal_inputs)))
+        split = f"all files of --calibration-data {cal_folder}"
+        if {str(Path(x).resolve()) for x in data.locations} & {str(Path(x).resolve()) for x in cal_inputs.locations}:
+            raise InvalidInput(f"--data {args.data} and --calibration-data {cal_folder} share files; the calibration "
+                               "images must be held out from the Fisher images.")
+    else:
+        cal_inputs = data
+        fisher_pos, cal_pos = folder_split(len(data))
+        split = (f"every {CALIBRATION_EVERY}th file of --data by sorted relative path (positions "
+                 f"{CALIBRATION_EVERY - 1}, {2 * CALIBRATION_EVERY - 1}, … from 0); the other files are the Fisher images")
+        if len(cal_pos) < 2 or not fisher_pos:
+            raise InvalidInput(f"--data {args.data} holds {len(data)} files; the held-out split (every "
+                               f"{CALIBRATION_EVERY}th file) needs at least {2 * CALIBRATION_EVERY} files, or pass "
+                               "--calibration-data.")
+    spec = _spec(model, None, args, n_train=len(fisher_pos))
+    rng = np.random.default_rng(args.seed)
+    if spec.n_fisher < len(fisher_pos):   # a seeded random subset, kept in sorted order
+        fisher_pos = [fisher_pos[i] for i in sorted(rng.choice(len(fisher_pos), spec.n_fisher, replace=False))]
+    if args.n_calibration is not None and args.n_calibration < len(cal_pos):
+        cal_pos = [cal_pos[i] for i in sorted(np.random.default_rng(args.seed + 1).choice(
+            len(cal_pos), args.n_calibration, replace=False))]
+    images, bad = _decode_files(data, fisher_pos, size, channels, "--data", ctx)
+    calibration, cal_bad = _decode_files(cal_inputs, cal_pos, size, channels,
+                                         "--calibration-data" if cal_folder else "--data", ctx)
+    if len(images) < 1:
+        raise InvalidInput(f"None of the {len(fisher_pos)} Fisher files of --data {args.data} could be decoded.")
+    if len(calibration) < 2:
+        raise InvalidInput(f"Only {len(calibration)} of the {len(cal_pos)} calibration files could be decoded; "
+                           "ROSE needs at least 2.")
+    prov = {"source": "folder", "image_shape": [channels, size, size], "calibration_split": split,
+            "seed": args.seed,
+            "fisher": _folder_record(args.data, data, len(images), bad, selected=len(fisher_pos)),
+            "calibration": _folder_record(cal_folder or args.data, cal_inputs, len(calibration), cal_bad,
+                                          selected=len(cal_pos))}
+    n_bad = len(bad) + len(cal_bad)
+    what = (f"{len(images)} images of folder {args.data} for the Fisher and {len(calibration)} held-out images "
+            f"({'folder ' + cal_folder if cal_folder else f'every {CALIBRATION_EVERY}th file of the folder'}) for "
+            "the normalisation and the threshold" + (f"; {n_bad} unreadable files skipped" if n_bad else ""))
+    return spec, images, calibration, what, prov
+
+
+def _add_to_card(path, key: str, value) -> None:
+    """Add ``key`` to a saved fit's JSON card (atomically)."""
+    from rose_core.checkpoint import card_path
+
+    cp = card_path(path)
+    card = json.loads(cp.read_text())
+    card[key] = value
+    tmp = cp.with_name(cp.name + ".tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    tmp.replace(cp)
+
+
+def _spec(model, dataset: str | None, args, n_train: int | None = None):
     from dataclasses import replace
 
     from rose_core.data import load_dataset
     from rose_core.defaults import default_rose
 
-    spec = default_rose(model, len(load_dataset(dataset, "train")))
+    spec = default_rose(model, n_train if n_train is not None else len(load_dataset(dataset, "train")))
     overrides = {k: v for k, v in (("fisher", args.fisher), ("n_fisher", args.n_fisher),
                                    ("layers", getattr(args, "layers", None)),
                                    ("damping", getattr(args, "damping", None))) if v is not None}
@@ -105,13 +236,19 @@ def _run_fit(model, card: dict, out: Path, ctx, args, *, progress: bool):
     from rose_core.distributed import fit_scorer, fit_work
     from rose_core.scorers.rose import RoseScorer
 
-    dataset = args.dataset or card.get("dataset")
-    if not dataset:
-        raise CheckpointError("The checkpoint's card does not name its training dataset; pass --dataset.")
-    spec = _spec(model, dataset, args)
+    provenance = None
+    if getattr(args, "data", None):
+        spec, images, calibration, what, provenance = _folder_fit_sets(model, args, ctx)
+    else:
+        dataset = args.dataset or card.get("dataset")
+        if not dataset:
+            raise CheckpointError("The checkpoint's card does not name its training dataset; pass --dataset or --data.")
+        spec = _spec(model, dataset, args)
     scorer = RoseScorer(model, fisher=spec.fisher, layers=spec.layers, p=spec.p, beta=spec.beta,
                         aggregation=spec.aggregation, damping=spec.damping, batch_size=args.batch_size)
-    images, calibration, what = _fit_sets(model, dataset, spec, args.n_calibration, args.seed, ctx)
+    if provenance is None:
+        images, calibration, what = _fit_sets(model, dataset, spec, args.n_calibration, args.seed, ctx)
+    scorer.data_provenance = provenance
     bar = tqdm(total=fit_work(len(images), scorer, ctx, n_calibration=len(calibration)), unit="img",
                file=sys.stderr, disable=not (progress and ctx.is_main),
                desc=f"fitting ROSE-{spec.fisher.upper()}" + (f" (rank 0 of {ctx.world_size})" if ctx.is_distributed else ""))
@@ -131,6 +268,8 @@ def _run_fit(model, card: dict, out: Path, ctx, args, *, progress: bool):
     if ctx.is_main:
         try:
             scorer.save(out)
+            if provenance is not None:
+                _add_to_card(out, "data", provenance)
         except OSError as exc:
             err = InvalidInput(f"Cannot write the fit to {out}: {exc}")
     ctx.agree(err)
@@ -189,8 +328,17 @@ def _check_fit_args(args) -> None:
 
     _check_common_args(args)
     c.in_range("--damping", args.damping, 0.0, math.inf, hi_open=True, optional=True)
+    if args.data is not None:
+        if args.dataset is not None:
+            raise InvalidInput("--data and --dataset exclude each other: fit on a folder or on a registry dataset.")
+        c.image_folder("--data", args.data)
+        c.image_folder("--calibration-data", args.calibration_data, optional=True)
+    elif args.calibration_data is not None:
+        raise InvalidInput("--calibration-data needs --data (a registry fit calibrates on the test split's "
+                           "calibration half).")
     _check_model_args(args)
-    _check_dataset(args, "--dataset", args.dataset)
+    if args.data is None:
+        _check_dataset(args, "--dataset", args.dataset)
     c.writable_stem("--out", args.out, (".json", ".safetensors"))
 
 
@@ -252,7 +400,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                                   "images": n, "n_fisher": scorer.n_fisher, "n_norm": scorer.n_norm,
                                   "seconds": seconds, "images_per_second": n / seconds, "cpu_seconds": cpu_seconds,
                                   "fit": str(card_path(args.out)), "fit_id": fit_id(scorer),
-                                  "rank_problems": scorer.fit_problems})
+                                  "rank_problems": scorer.fit_problems, "data": scorer.data_provenance})
         ctx.barrier()
         return 0
     finally:
@@ -413,6 +561,13 @@ def register_commands(sub) -> None:
     _common(p)
     p.add_argument("--out", required=True, help="fit path (fit.safetensors, fit.json or the stem)")
     p.add_argument("--dataset", default=None, help="registry dataset (default: the checkpoint's training set)")
+    p.add_argument("--data", default=None,
+                   help="fit on this folder of images instead (recursive; flat or class subfolders; unreadable files "
+                        "are reported and skipped; resized to the model's size and channels)")
+    p.add_argument("--calibration-data", default=None,
+                   help="folder of held-out in-distribution images for normalisation and threshold (with --data; "
+                        f"default: every {CALIBRATION_EVERY}th file of --data by sorted path, the rest for the Fisher)")
+    p.add_argument("--ext", default=None, help="only files with these extensions, e.g. png,jpg (--data)")
     p.add_argument("--layers", default=None, choices=["default", "all"])
     p.add_argument("--damping", type=float, default=None, help="relative damping (default 1e-8)")
     p.set_defaults(func=_cmd_fit, batch_size=128)   # overrides the None default of _common
