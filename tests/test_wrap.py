@@ -230,3 +230,21 @@ def test_wrong_input_shapes_give_clear_errors():
     with pytest.raises(InvalidInput, match=r"expects images of shape \(N, 1, 12, 12\), got \(2, 1, 28, 28\)"):
         scorer.score(_images(2, (1, 28, 28)))
     assert math.isfinite(float(scorer.score(_images(2)).score.max()))
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Your own model", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 16
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(code, "README.md", "exec"), scope)
+    assert scope["scorer"].layer_names == ["0", "2", "5"]
+    assert np.isfinite(scope["result"].score).all() and scope["result"].score.shape == (4,)
+    assert (tmp_path / "my-classifier-fit.json").exists()
