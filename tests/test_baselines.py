@@ -284,6 +284,13 @@ def test_rnd_scores_training_distribution_below_noise_and_is_deterministic(tmp_p
     np.testing.assert_array_equal(loaded.score(torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))).score,
                                   rnd.score(torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))).score)
     assert build_scorer("rnd", None, rnd=str(tmp_path / "rnd-tiny")).config == rnd.config
+    # a byte flipped inside a tensor still parses, but the card's SHA-256 refuses it, naming the file
+    wp = tmp_path / "rnd-tiny.safetensors"
+    raw = bytearray(wp.read_bytes())
+    raw[-5] ^= 0xFF
+    wp.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="rnd-tiny.safetensors"):
+        RNDScorer.load(tmp_path / "rnd-tiny")
     (tmp_path / "rnd-tiny.safetensors").write_bytes(b"broken")
     with pytest.raises(CheckpointError):
         RNDScorer.load(tmp_path / "rnd-tiny")

@@ -234,8 +234,9 @@ class RNDScorer(Scorer):
         """Write ``path.safetensors`` (predictor, targets, input statistics) and ``path.json``."""
         wp, cp = weights_path(path), card_path(path)
         wp.parent.mkdir(parents=True, exist_ok=True)
-        save_tensors(self.net.state_dict(), wp, metadata={"scorer": "rnd"})
+        sha = save_tensors(self.net.state_dict(), wp, metadata={"scorer": "rnd"})
         full = {"scorer": "rnd", "config": self.config.to_dict(), "library_version": __version__,
+                "weights_sha256": sha,
                 "num_parameters": sum(p.numel() for p in self.net.parameters()),
                 "training": self.training_info, **card}
         tmp = cp.with_name(cp.name + ".tmp")
@@ -262,7 +263,7 @@ class RNDScorer(Scorer):
         scorer = cls(channels=cfg.channels, image_size=cfg.image_size, perturbation=cfg.perturbation,
                      strength=cfg.strength, width=cfg.width, out_dim=cfg.out_dim, hidden=cfg.hidden,
                      seed=cfg.seed, device=device)
-        state = load_tensors(weights_path(path))
+        state = load_tensors(weights_path(path), sha256=card.get("weights_sha256"))
         expected = scorer.net.state_dict()
         bad = sorted(set(expected) ^ set(state)) + sorted(
             k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
