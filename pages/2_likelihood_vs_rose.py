@@ -8,7 +8,7 @@ import streamlit as st
 
 from rose_core import charts
 from rose_core.labels import dataset_label, method_label
-from studio import glossary, state
+from studio import glossary, provenance, state
 from studio import widgets as ui
 
 name, card = ui.open_page("Likelihood vs ROSE")
@@ -54,6 +54,10 @@ left.plotly_chart(charts.histogram_pair(a_nll, o_nll, dataset_label(ind), datase
 right.plotly_chart(charts.histogram_pair(a_rose, o_rose, dataset_label(ind), dataset_label(ood),
                                          f"{method_label(rose)} — AUROC {table.loc[rose, 'auroc']:.3f}",
                                          "ROSE score (higher = more OOD)", bins), key="lvr_rose_chart")
-st.caption(f"In-distribution: {dataset_label(ind)} ({len(a_rose)} test images); OOD: {dataset_label(ood)} "
-           f"({len(o_rose)} images). AUROC with OOD as the positive class: below 0.5 means the score ranks the OOD "
+st.caption(f"Histograms: {dataset_label(ind)} ({len(a_rose)} images) vs {dataset_label(ood)} ({len(o_rose)} images). "
+           + provenance.counts_caption(table.reset_index(), b, ood), help="The same numbers as the ROC curves page; the "
+           "Robustness page's brightness sweep and live bars rest on other, smaller image sets.")
+if provenance.few_images_rows(table.reset_index()):
+    st.warning(f"Few images: an AUROC here rests on under {provenance.FEW_IMAGES} images on a side.")
+st.caption("AUROC with OOD as the positive class: below 0.5 means the score ranks the OOD "
            "images as *more* in-distribution than the real ones — the likelihood's failure the paper starts from.")

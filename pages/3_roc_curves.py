@@ -6,7 +6,7 @@ import streamlit as st
 
 from rose_core import charts
 from rose_core.labels import dataset_label, method_label
-from studio import glossary, state
+from studio import glossary, provenance, state
 from studio import widgets as ui
 
 name, _ = ui.open_page("ROC curves")
@@ -28,15 +28,31 @@ if not chosen:
     st.info("Pick at least one method.")
     st.stop()
 
-curves = charts.roc_curves(b.roc_inputs(chosen, ood))
+inputs = b.roc_inputs(chosen, ood)
+table = b.metrics_view(ood, chosen)
+absent = [m for m in chosen if m not in inputs and m not in set(table["method"])]
+if absent:  # a selected method with no result for this set is named, never silently dropped
+    st.info("Selected but not shown for this OOD set:\n\n" + "\n\n".join(
+        "- " + provenance.missing_reason(b, m, ood) for m in absent), icon=":material/visibility_off:")
+curves = charts.roc_curves(inputs)
 if not curves:
     st.warning(f"The bundle has no scores of these methods for {dataset_label(ood)}.")
     st.stop()
 st.plotly_chart(charts.roc_figure(curves, f"{dataset_label(b.in_dist())} (in) vs {dataset_label(ood)} (OOD)"),
                 key="roc_chart")
 
-table = b.metrics_view(ood, chosen)
+st.caption(provenance.counts_caption(table, b, ood), help="The AUROCs on this page and on Likelihood vs ROSE come "
+           "from the bundle's unperturbed evaluation; the Robustness page's brightness sweep and live bars rest on "
+           "other, smaller image sets, so their 1.0× values differ a little.")
+scarce = provenance.few_images_rows(table)
+if scarce:
+    st.warning("Few images: " + "; ".join(
+        f"**{method_label(m)}** rests on only {provenance.count_text(*table.set_index('method').loc[m, ['n_in', 'n_ood']])}"
+        for m in scarce) + f" (under {provenance.FEW_IMAGES} on a side), so its AUROC is far less certain than the "
+        "others'.", icon=":material/warning:")
 table.insert(0, "Method", table.pop("method").map(method_label))
+table["note"] = [f"⚠ few images ({provenance.count_text(i, o)})" if provenance.few(i, o) else ""
+                 for i, o in zip(table["n_in"], table["n_ood"])]
 st.dataframe(table.rename(columns={"auroc": "AUROC", "auprc_in": "AUPRC (in)", "auprc_out": "AUPRC (out)",
                                    "fpr80": "FPR80", "n_in": "n in", "n_ood": "n OOD", "source": "source"}),
              hide_index=True, key="roc_table",

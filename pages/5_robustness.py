@@ -9,7 +9,7 @@ from rose_core import charts
 from rose_core.errors import RoseError
 from rose_core.labels import PERTURBATION_LABELS, dataset_label, dataset_short, method_label
 from rose_core.results import method_order
-from studio import state
+from studio import provenance, state
 from studio import widgets as ui
 from studio.format import best_styled, upscale
 from studio.paths import data_dir, env_int, evaluate_command
@@ -45,8 +45,11 @@ else:
         st.stop()
     values: dict[str, tuple[float, str]] = {}
     at_point = b.auroc_at(ood, "brightness", factor) if b.exists else {}
+    bundle_counts = {m: provenance.point_counts(b, m, ood, "brightness", factor) for m in at_point}
     for method in method_order(at_point):
-        values[method_label(method)] = (at_point[method], "results bundle")
+        values[method_label(method)] = (at_point[method],
+                                        f"results bundle, {provenance.count_text(*bundle_counts[method][:2])}")
+    live_out = None
     if live_on:
         live = state.live_scorer(name, state.default_fisher(name))
         if live is not None:
@@ -54,6 +57,7 @@ else:
             out = state.computed(key, lambda progress: live.perturbed_auroc(ood_images, "brightness", factor, n_ref=n,
                                                                          progress=progress),
                               f"Scoring {n} + {n} images at {factor:.1f}× brightness")
+            live_out = (live, out)
             values[f"{method_label(live.method)} (live)"] = (out["auroc"][live.method],
                                                                  f"live, {out['n_in']} in vs {out['n_ood']} OOD")
             values[f"likelihood (live, {live.loss_kind})"] = (out["auroc"]["nll"],
@@ -75,6 +79,34 @@ else:
     if values:
         st.plotly_chart(charts.auroc_bars(values, f"AUROC at {factor:.1f}× brightness of {dataset_label(ood)}"),
                         key="rob_live_chart")
+        st.caption("Images under each bar: " + "; ".join(f"{k}: {src}" for k, (_, src) in values.items()) + ". "
+                   f"Blue bars: {provenance.bundle_source(b)} vs {dataset_label(ood)} images of the bundle's "
+                   f"brightness sweep. Red bars: a live sample drawn here ({n} {dataset_label(in_dist)} test images of "
+                   f"the evaluation half and {n} {dataset_label(ood)} test images, both drawn with seed 1).")
+        if live_out is not None and b.exists:
+            live, out = live_out
+            bundle_rose = at_point.get(live.method)
+            n_in_b, n_ood_b, _ = bundle_counts.get(live.method, (0, 0, 0))
+            rose_line = (f"{method_label(live.method)} at {factor:.1f}×: results bundle "
+                         f"**{provenance.auroc_text(bundle_rose)}** ({provenance.count_text(n_in_b, n_ood_b)}) vs live "
+                         f"**{provenance.auroc_text(out['auroc'][live.method])}** "
+                         f"({provenance.count_text(out['n_in'], out['n_ood'])})" if bundle_rose is not None else
+                         f"The bundle has no {method_label(live.method)} value at {factor:.1f}× to compare with the "
+                         "live one")
+            nll_b = at_point.get("nll")
+            nll_line = (f"; NLL: bundle **{provenance.auroc_text(nll_b)}** vs live likelihood ({live.loss_kind}) "
+                        f"**{provenance.auroc_text(out['auroc']['nll'])}**" if nll_b is not None else "")
+            unperturbed = b.metrics_view(ood, [live.method])
+            roc_note = (f" The ROC curves page's unperturbed value ({provenance.auroc_text(unperturbed['auroc'].iloc[0])}, "
+                        f"{provenance.count_text(unperturbed['n_in'].iloc[0], unperturbed['n_ood'].iloc[0])}) uses yet "
+                        "more OOD images." if len(unperturbed) else "")
+            st.markdown(rose_line + nll_line + ".",
+                        help="Why they differ: the live bars score a small sample drawn here, the bundle's on its own, "
+                             "larger evaluation images (and the bundle's NLL may be another estimator than the live "
+                             "model loss), so the AUROCs differ by sampling noise — not a bug.")
+            st.caption(f"Why they differ: different images — the live value rests on {out['n_in']} + {out['n_ood']} "
+                       "images sampled here, the bundle's on its evaluation images — so small gaps are sampling "
+                       "noise." + roc_note)
     else:
         st.info("Turn on the live computation, or compute the bundle's brightness sweep with "
                 f"`{evaluate_command(name, 'brightness')}`.")
