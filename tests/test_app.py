@@ -402,6 +402,66 @@ def test_roc_curves_methods_and_table(app_env):
     assert len(at.dataframe[0].value) == 2
 
 
+def _bundle_with_regret(app_env, tmp_path, monkeypatch) -> Results:
+    """A copy of the bundle as the shipped one is shaped: 1000 in / 300 OOD behind every metric row, plus
+    Likelihood Regret evaluated on MNIST only, on 8 vs 8 images."""
+    import shutil
+
+    shutil.copytree(app_env["results"], tmp_path / "results")
+    res = Results.for_checkpoint(MODEL, tmp_path / "results")
+    m = res.table("metrics").copy()
+    m["n_in"], m["n_ood"] = 1000, np.where(m["perturbation"] == "none", 300, 60)
+    rng = np.random.default_rng(3)
+    a, o = rng.normal(0, 1, 8), rng.normal(3, 1, 8)
+    res.write("metrics", pd.concat([m, pd.DataFrame([_metrics_row("likelihood-regret", "mnist", "none", np.nan, a, o)])],
+                                   ignore_index=True))
+    s = res.table("scores")
+    regret = pd.DataFrame({"dataset": [IN_SET] * 8 + ["mnist"] * 8, "is_ood": [False] * 8 + [True] * 8,
+                           "index": list(range(8)) * 2, "method": "likelihood-regret", "perturbation": "none",
+                           "strength": np.nan, "repeat": 0, "score": np.concatenate([a, o]), "nll_nats": np.nan})
+    res.write("scores", pd.concat([s, regret], ignore_index=True))
+    monkeypatch.setenv("ROSE_RESULTS", str(tmp_path / "results"))
+    return res
+
+
+def test_roc_names_methods_missing_for_the_set_and_warns_on_few_images(app_env, tmp_path, monkeypatch):
+    _bundle_with_regret(app_env, tmp_path, monkeypatch)
+    at = open_page("pages/3_roc_curves.py")
+    assert "likelihood-regret" in at.multiselect(key="roc_methods").value
+    # MNIST: Likelihood Regret is shown, flagged beside its row and in a warning; the others are not
+    table = at.dataframe[0].value.set_index("Method")
+    assert table.loc["Likelihood Regret", "note"] == "⚠ few images (8 in / 8 OOD)"
+    assert (table.drop("Likelihood Regret")["note"] == "").all()
+    warning = [t for t in texts(at, "warning") if "Few images" in t]
+    assert len(warning) == 1 and "**Likelihood Regret** rests on only 8 in / 8 OOD" in warning[0]
+    assert "ROSE" not in warning[0]
+    caption = [c for c in texts(at, "caption") if c.startswith("Images:")]
+    assert len(caption) == 1 and "1000 in / 300 OOD for ROSE (EKFAC)" in caption[0]
+    assert "8 in / 8 OOD for Likelihood Regret" in caption[0]
+    assert "results bundle's evaluation images (Fashion-MNIST test split, seed 0)" in caption[0]
+    assert not [t for t in texts(at, "info") if "not computed" in t]
+    # noise: no Likelihood Regret rows, so a note names it, says where it was evaluated and how to add it
+    at.selectbox(key="roc_ood").set_value("noise").run()
+    assert not at.exception
+    names = [t["name"] for t in chart(at, "vs Uniform noise")["data"]]
+    assert not any(n.startswith("Likelihood Regret") for n in names)
+    note = [t for t in texts(at, "info") if "not computed" in t]
+    assert len(note) == 1 and "**Likelihood Regret**: not computed for Uniform noise" in note[0]
+    assert "evaluated only on MNIST" in note[0]
+    assert f"python -m rose_core evaluate --checkpoint checkpoints/{MODEL} --methods likelihood-regret " \
+           "--ood-sets noise" in note[0]
+    assert not [t for t in texts(at, "warning") if "Few images" in t]
+    assert "every method" in [c for c in texts(at, "caption") if c.startswith("Images:")][0]
+
+
+def test_likelihood_vs_rose_says_which_images_its_aurocs_rest_on(app_env, tmp_path, monkeypatch):
+    _bundle_with_regret(app_env, tmp_path, monkeypatch)
+    at = open_page("pages/2_likelihood_vs_rose.py")
+    caption = [c for c in texts(at, "caption") if c.startswith("Histograms:")]
+    assert len(caption) == 1 and "1000 in / 300 OOD for every method" in caption[0]
+    assert "results bundle's evaluation images" in caption[0]
+
+
 def test_damaged_bundle_table_is_named_with_the_command_to_recompute_it(app_env, tmp_path, monkeypatch):
     import shutil
 
@@ -488,6 +548,16 @@ def test_robustness_slider_sweeps_and_figure5(app_env):
     live = chart(at, "AUROC at 1.0× brightness")
     labels = live["data"][0]["x"]
     assert "ROSE (EKFAC) (live)" in labels and "ROSE (EKFAC)" in labels  # live and bundle side by side
+    res = Results.for_checkpoint(MODEL, app_env["results"])
+    bundle_rose = res.auroc_at("mnist", "brightness", 1.0)["rose-ekfac"]
+    images = [c for c in texts(at, "caption") if c.startswith("Images under each bar")]
+    assert len(images) == 1 and "ROSE (EKFAC): results bundle, 40 in / 60 OOD" in images[0]
+    assert "ROSE (EKFAC) (live): live, 8 in vs 8 OOD" in images[0] and "seed 1" in images[0]
+    side = [t for t in texts(at, "markdown") if t.startswith("ROSE (EKFAC) at 1.0×")]
+    assert len(side) == 1 and f"results bundle **{bundle_rose:.3f}** (40 in / 60 OOD) vs live" in side[0]
+    assert "(8 in / 8 OOD)" in side[0]
+    why = [c for c in texts(at, "caption") if c.startswith("Why they differ")]
+    assert len(why) == 1 and "40 in / 40 OOD" in why[0]  # the ROC page's unperturbed images, named
     strip = at.get("image")[0].proto.imgs
     assert [im.caption for im in strip] == ["0.2×", "0.4×", "0.6×", "0.8×", "▶ 1.0× (chosen)", "1.2×", "1.4×",
                                             "1.6×", "1.8×"]
