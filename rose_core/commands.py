@@ -216,16 +216,17 @@ def _add_to_card(path, key: str, value) -> None:
 
 
 def _spec(model, dataset: str | None, args, n_train: int | None = None):
+    """The default ROSE settings with the command's overrides (``n_train``: the Fisher images of a
+    ``--data`` folder, otherwise ``dataset``'s training split)."""
     from dataclasses import replace
 
-    from rose_core.data import load_dataset
-    from rose_core.defaults import default_rose
+    from rose_core.defaults import default_rose, resolve_defaults
 
-    spec = default_rose(model, n_train if n_train is not None else len(load_dataset(dataset, "train")))
+    base = resolve_defaults(model, dataset) if n_train is None else default_rose(model, n_train)
     overrides = {k: v for k, v in (("fisher", args.fisher), ("n_fisher", args.n_fisher),
                                    ("layers", getattr(args, "layers", None)),
                                    ("damping", getattr(args, "damping", None))) if v is not None}
-    return replace(spec, **overrides)
+    return replace(base, **overrides)   # a larger --n-fisher than there are images takes them all
 
 
 def _run_fit(model, card: dict, out: Path, ctx, args, *, progress: bool):

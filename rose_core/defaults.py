@@ -44,7 +44,7 @@ from torch import nn
 from rose_core.errors import CheckpointError, InvalidInput
 
 __all__ = ["RoseDefaults", "default_rose", "fisher_images_rule", "fit_default_rose", "FISHER_BY_KIND",
-           "fit_work", "default_verdict", "VERDICT_BY_KIND", "SAMPLES_PER_DIMENSION", "MIN_FISHER_IMAGES", "FISHER_STEP", "VERDICT"]
+           "fit_work", "resolve_defaults", "with_overrides", "default_verdict", "VERDICT_BY_KIND", "SAMPLES_PER_DIMENSION", "MIN_FISHER_IMAGES", "FISHER_STEP", "VERDICT"]
 
 FISHER_BY_KIND = {"vae": "ekfac", "glow": "diag"}
 """The paper's Fisher approximation per model kind (any other model: EKFAC)."""
@@ -124,6 +124,28 @@ def default_rose(model: nn.Module, n_train: int | None = None) -> RoseDefaults:
                         verdict=default_verdict(kind))
 
 
+def with_overrides(spec: RoseDefaults, n_train: int, dataset: str, **overrides) -> RoseDefaults:
+    """``spec`` with ``overrides`` (fields of :class:`RoseDefaults`) applied and checked against the
+    ``n_train`` training images of ``dataset``."""
+    unknown = set(overrides) - set(RoseDefaults.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"Unknown ROSE setting(s) {sorted(unknown)}; expected some of "
+                        f"{sorted(RoseDefaults.__dataclass_fields__)}.")
+    spec = replace(spec, **overrides)
+    if spec.n_fisher > n_train:
+        raise InvalidInput(f"n_fisher={spec.n_fisher} but {dataset!r} has {n_train} training images.")
+    return spec
+
+
+def resolve_defaults(model: nn.Module, dataset: str, root=None, **overrides) -> RoseDefaults:
+    """The settings :func:`fit_default_rose` uses for ``model`` on ``dataset`` with ``overrides``
+    (the one place the app, the CLI and the progress totals get them from)."""
+    from rose_core.data import load_dataset
+
+    n_train = len(load_dataset(dataset, "train", root=root))
+    return with_overrides(default_rose(model, n_train), n_train, dataset, **overrides)
+
+
 def fit_default_rose(model: nn.Module, dataset: str, *, progress: Callable[[int], None] | None = None,
                      root=None, seed: int = 0, batch_size: int = 128, n_calibration: int | None = None,
                      **overrides):
@@ -143,14 +165,7 @@ def fit_default_rose(model: nn.Module, dataset: str, *, progress: Callable[[int]
     if not dataset:
         raise CheckpointError("The model's card does not name its training dataset; pass the dataset explicitly.")
     train = load_dataset(dataset, "train", root=root)
-    spec = default_rose(model, len(train))
-    unknown = set(overrides) - set(RoseDefaults.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"Unknown ROSE setting(s) {sorted(unknown)}; expected some of "
-                        f"{sorted(RoseDefaults.__dataclass_fields__)}.")
-    spec = replace(spec, **overrides)
-    if spec.n_fisher > len(train):
-        raise InvalidInput(f"n_fisher={spec.n_fisher} but {dataset!r} has {len(train)} training images.")
+    spec = with_overrides(default_rose(model, len(train)), len(train), dataset, **overrides)
     channels = model.input_shape[0]
     size = model.input_shape[1]
     x = to_model_input(train.subset(spec.n_fisher, seed).images, channels=channels, size=size)
@@ -165,11 +180,10 @@ def fit_default_rose(model: nn.Module, dataset: str, *, progress: Callable[[int]
 
 def fit_work(model: nn.Module, dataset: str, root=None, n_calibration: int | None = None, **overrides) -> int:
     """Images :func:`fit_default_rose` pushes through the model (the total of its ``progress``)."""
-    from rose_core.data import load_dataset
     from rose_core.data.splits import calibration_indices
     from rose_core.fisher import FISHER_KINDS
 
-    spec = replace(default_rose(model, len(load_dataset(dataset, "train", root=root))), **overrides)
+    spec = resolve_defaults(model, dataset, root, **overrides)
     n_cal = len(calibration_indices(dataset, root=root)) if n_calibration is None else n_calibration
     # progress counts each Fisher pass (EKFAC's second pass replays the first's factors: it is quick)
     return spec.n_fisher * FISHER_KINDS[spec.fisher].passes + int(n_cal)

@@ -332,10 +332,11 @@ def shutdown(ctx: DistContext) -> None:
 # Distributed ROSE fit
 # ------------------------------------------------------------------------------------------------
 
-def end_pass_everywhere(fisher, ctx: "DistContext") -> None:
+def end_pass_everywhere(fisher, ctx: "DistContext", device: torch.device) -> None:
     """End a Fisher pass on every rank: all-reduce (SUM) the pass's accumulators, then
     ``end_pass``; what ``end_pass`` derives from the sums (EKFAC's eigenbases) is compared across
-    ranks by a hash and, where it differs (heterogeneous clusters), replaced by rank 0's."""
+    ranks by a hash and, where it differs (heterogeneous clusters), replaced by rank 0's
+    (``device``: where the fit's statistics live)."""
     accs = fisher.accumulators()
     ctx.all_reduce_sum_([accs[k] for k in sorted(accs)])
     before = {(name, k): id(t) for name, st in fisher.state.items() for k, t in st.items()}
@@ -346,15 +347,7 @@ def end_pass_everywhere(fisher, ctx: "DistContext") -> None:
                if t.is_floating_point() and before.get((name, k)) != id(t)]
     if derived and not ctx.same_tensors(derived):
         ctx.broadcast_(derived)
-        fisher.to(fisher_device(fisher))  # clears derived caches after the in-place update
-
-
-def fisher_device(fisher) -> torch.device:
-    for st in fisher.state.values():
-        for k, t in st.items():
-            if k != "shape":
-                return t.device
-    return torch.device("cpu")
+        fisher.to(device)  # clears derived caches after the in-place update
 
 
 def _batches(images, idx: np.ndarray, batch_size: int, device: torch.device, dtype: torch.dtype):
@@ -420,7 +413,6 @@ def fit_scorer(scorer, images, ctx: DistContext | None = None, progress: Progres
     def source(data, idx):
         return lambda: _batches(data, idx, bs, scorer.device, scorer.dtype)
 
-    scorer.calibrated = calibration is not None
     scorer.fit_sets((source(images, my_fisher), "all"), (source(norm_images, my_norm), "all"),
-                    ctx=ctx, progress=progress)
+                    calibrated=calibration is not None, ctx=ctx, progress=progress)
     return scorer.calibration_scores

@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 
 from rose_core.checkpoint import card_path, load_model
-from rose_core.data import load_dataset, prepare_images
+from rose_core.data import prepare_images
 from rose_core.errors import CheckpointError, InvalidInput
 from rose_core.metrics import auroc, threshold_at_tpr
 from rose_core.results import Results, results_root
@@ -118,11 +118,9 @@ class LiveResult:
         or ``"none"`` (verdict ``"rose"``: ``"rose"`` or ``"none"``)."""
         if self.verdict_test == "rose":
             return np.where(self.score > threshold, "rose", "none")
-        from rose_core.scorers.typicality import combined_score
+        from rose_core.scorers.typicality import fired_tests
 
-        rose = combined_score(self.p_value, 1.0, "min-p") > threshold
-        typ = combined_score(1.0, self.p_typicality, "min-p") > threshold
-        return np.where(rose & typ, "both", np.where(rose, "rose", np.where(typ, "typicality", "none")))
+        return fired_tests(self.p_value, self.p_typicality, threshold, "min-p")
 
     def to_frame(self, threshold: float | None = None, tpr: float | None = None) -> pd.DataFrame:
         """One row per image: name, loss/NLL, bits/dim, ROSE score, p-values, verdict, test that fired
@@ -221,12 +219,9 @@ class LiveScorer:
 
     # --- set-up ------------------------------------------------------------------------------
     def _spec(self):
-        from dataclasses import replace
+        from rose_core.defaults import resolve_defaults
 
-        from rose_core.defaults import default_rose
-
-        n_train = len(load_dataset(self.dataset, "train", root=self.data_root))
-        return replace(default_rose(self.model, n_train), **self._overrides)
+        return resolve_defaults(self.model, self.dataset, self.data_root, **self._overrides)
 
     @property
     def nll_kind(self) -> str:

@@ -42,12 +42,6 @@ def _bundle(name: str) -> Results:
     return Results.for_checkpoint(name, ROOT / "results")
 
 
-def _metric(res: Results, method: str, ood_set: str) -> float | None:
-    m = res.table("metrics")
-    row = m[(m["method"] == method) & (m["ood_set"] == ood_set) & (m["perturbation"] == "none")]
-    return float(row["auroc"].mean()) if len(row) else None
-
-
 def checkpoints() -> str:
     rows = ["| checkpoint | model | trained on | epochs | test bits/dim |", "|---|---|---|---|---|"]
     for card_file in sorted((ROOT / "checkpoints").glob("*.json")):
@@ -74,7 +68,7 @@ def nll_failure() -> str:
     rows = ["| model | NLL AUROC, Fashion-MNIST test vs MNIST test |", "|---|---|"]
     for name in ("vae-fmnist", "glow-fmnist"):
         res = _bundle(name)
-        rows.append(f"| `{name}` | {_f(_metric(res, 'nll', 'mnist'))} "
+        rows.append(f"| `{name}` | {_f(res.metric('nll', 'mnist'))} "
                     f"({res.counts('nll', 'mnist')[0]} vs {res.counts('nll', 'mnist')[1]} images) |")
     return "\n".join(rows) + "\n"
 
@@ -83,8 +77,8 @@ def _auroc_table(name: str, methods: list[str]) -> str:
     res = _bundle(name)
     rows = ["| method | MNIST | Overall | n in / n per set |", "|---|---|---|---|"]
     for m in methods:
-        a, o = _metric(res, m, "mnist"), _metric(res, m, "overall")
-        if a is None and o is None:
+        a, o = res.metric(m, "mnist"), res.metric(m, "overall")
+        if np.isnan(a) and np.isnan(o):
             continue
         n_in, n_ood = res.counts(m, "mnist")
         rows.append(f"| {method_title(m)} | {_f(a)} | {_f(o)} | {n_in} / {n_ood} |")

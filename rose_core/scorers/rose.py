@@ -302,16 +302,15 @@ class RoseScorer(Scorer):
                                  "(or use normalization='separate').")
             fisher_sets = (source, "all")
             norm_sets = (self._source(calibration), "all")
-            self.calibrated = True
         else:
             same = self.normalization == "same"
             fisher_sets = (source, "all" if same else "fisher")
             norm_sets = (source, "all" if same else "norm")
-            self.calibrated = False
-        return self.fit_sets(fisher_sets, norm_sets, ctx=ctx, progress=progress)
+        return self.fit_sets(fisher_sets, norm_sets, calibrated=calibration is not None, ctx=ctx,
+                             progress=progress)
 
-    def fit_sets(self, fisher_set, norm_set, *, ctx=None, progress: Callable[[int], None] | None = None
-                 ) -> "RoseScorer":
+    def fit_sets(self, fisher_set, norm_set, *, calibrated: bool = False, ctx=None,
+                 progress: Callable[[int], None] | None = None) -> "RoseScorer":
         """The one ROSE fit (used by :meth:`fit` and by :func:`rose_core.distributed.fit_scorer`).
 
         ``fisher_set``/``norm_set``: ``(source, subset)`` with ``source`` a function returning the
@@ -320,6 +319,7 @@ class RoseScorer(Scorer):
         :class:`rose_core.distributed.DistContext`; ``None``: one process) sums every count,
         Fisher accumulator and normalisation statistic over the ranks, each rank passing its own
         shard. All sums are float64, so one process and N processes agree to float64 rounding.
+        ``calibrated``: the normalisation images are a separate held-out calibration set.
         """
         from rose_core.distributed import DistContext, end_pass_everywhere
 
@@ -343,8 +343,10 @@ class RoseScorer(Scorer):
                     # Keep the raw factors for the next pass while they fit in the budget: the later
                     # passes then replay the same tensors (bit-identical) without forward/backward.
                     held += sum(f.raw_nbytes for f in factors.values())
-                    replay = None if held > self.replay_bytes else \
-                        replay + [{k: f.without_cache() for k, f in factors.items()}]
+                    if held > self.replay_bytes:
+                        replay = None
+                    else:
+                        replay.append({k: f.without_cache() for k, f in factors.items()})
                 batch_n = next(iter(factors.values())).n
                 n += batch_n
                 progress(batch_n)
@@ -362,13 +364,14 @@ class RoseScorer(Scorer):
             elif n != n_fisher:
                 raise InvalidInput(f"The in-distribution data changed between passes ({n_fisher} then {n} Fisher "
                                    "samples); pass a tensor, a list or a DataLoader without shuffling.")
-            end_pass_everywhere(fisher, ctx)
+            end_pass_everywhere(fisher, ctx, self.device)
         self.fit_problems = fisher.rank_problems()
         if self.fit_problems:
             warnings.warn(RankDeficientFitWarning(" ".join(self.fit_problems)), stacklevel=3)
 
         self.fisher = fisher
         self.norm_mean = None
+        self.calibrated = bool(calibrated)
         raws, losses = [], []
         for xb in self._chunks(*norm_set):
             loss, raw = self._layer_raw(xb)

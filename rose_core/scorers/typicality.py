@@ -108,7 +108,7 @@ from rose_core.errors import InvalidInput
 from rose_core.metrics import threshold_at_tpr
 from rose_core.scorers.base import Batches, Scorer, ScoreResult, check_model_batch, iter_batches
 
-__all__ = ["TypicalityScorer", "RoseTypicalityScorer", "COMBINE_RULES", "FIRED_VALUES",
+__all__ = ["TypicalityScorer", "RoseTypicalityScorer", "COMBINE_RULES", "FIRED_VALUES", "fired_tests",
            "upper_tail_p", "lower_tail_p", "two_sided_p", "combine_p", "combined_score"]
 
 COMBINE_RULES = ("min-p", "fisher")
@@ -199,6 +199,18 @@ def combined_score(p_rose: Any, p_typicality: Any, rule: str = "min-p") -> np.nd
         return -np.log(np.minimum(1.0, 2.0 * np.minimum(a, b)))
     log_q = np.log(a) + np.log(b)  # ≤ 0
     return -(log_q + np.log1p(-log_q))  # −log(q (1 − log q)) = −log P(χ²₄ ≥ −2 log q)
+
+
+def fired_tests(p_rose: Any, p_typicality: Any, threshold: float, rule: str = "min-p") -> np.ndarray:
+    """Which test calls each sample OOD at ``threshold`` (on ``−log p_combined``): a test fires if its
+    own p-value, combined with p = 1 for the other, crosses it — ``"rose"``, ``"typicality"``,
+    ``"both"``, ``"joint"`` (only the two together: possible with ``"fisher"``) or ``"none"``;
+    ``fired != "none"`` exactly where the combined score is above ``threshold``."""
+    rose_fires = combined_score(p_rose, 1.0, rule) > threshold
+    typ_fires = combined_score(1.0, p_typicality, rule) > threshold
+    joint = combined_score(p_rose, p_typicality, rule) > threshold
+    return np.where(rose_fires & typ_fires, "both",
+                    np.where(rose_fires, "rose", np.where(typ_fires, "typicality", np.where(joint, "joint", "none"))))
 
 
 def combine_p(p_rose: Any, p_typicality: Any, rule: str = "min-p") -> np.ndarray:
@@ -438,11 +450,7 @@ class RoseTypicalityScorer(Scorer):
         p_rose = upper_tail_p(rose_cal, rose_score)
         p_typ = two_sided_p(loss_cal, loss)
         score = combined_score(p_rose, p_typ, self.combine)
-        rose_fires = combined_score(p_rose, 1.0, self.combine) > t
-        typ_fires = combined_score(1.0, p_typ, self.combine) > t
-        fired = np.where(rose_fires & typ_fires, "both",
-                         np.where(rose_fires, "rose", np.where(typ_fires, "typicality",
-                                                               np.where(score > t, "joint", "none"))))
+        fired = fired_tests(p_rose, p_typ, t, self.combine)
         extras = dict(rose_result.extras)
         extras.update(rose_score=rose_score, loss=loss, p_rose=p_rose, p_typicality=p_typ,
                       p_combined=np.exp(-score), fired=fired)
