@@ -146,6 +146,12 @@ def _assert_same_rows(many: pd.DataFrame, one: pd.DataFrame, key: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 def _worker(rank: int, world: int, workdir: str) -> None:
+    import traceback
+    import warnings
+
+    from rose_core.scorers.rose import RankDeficientFitWarning
+
+    warnings.simplefilter("ignore", RankDeficientFitWarning)   # 2 Fisher images: rank-deficient by design
     torch.set_num_threads(1)
     work = Path(workdir)
     ctx = init_distributed("cpu", rank=rank, world_size=world, init_method=f"file://{work / 'rendezvous'}",
@@ -172,6 +178,9 @@ def _worker(rank: int, world: int, workdir: str) -> None:
             except RoseError as exc:
                 record[name] = [type(exc).__name__, str(exc)]
         ctx.barrier()
+    except BaseException:
+        record["traceback"] = traceback.format_exc()   # kept for the parent's assertion message
+        raise
     finally:
         (work / f"rank{rank}.json").write_text(json.dumps(record))
         shutdown(ctx)
@@ -183,7 +192,8 @@ def test_more_ranks_than_images_and_bad_input(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, __file__, str(tmp_path), "3"], env=env, capture_output=True, text=True,
                           timeout=150)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tracebacks = [p.read_text() for p in sorted(tmp_path.glob("rank*.json"))]
+    assert proc.returncode == 0, "\n".join(tracebacks) + proc.stdout[-3000:] + proc.stderr[-3000:]
     records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(3)]
 
     torch.set_num_threads(1)
