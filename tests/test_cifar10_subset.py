@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from rose_core.data import available_datasets, get_card, is_available, load_dataset
+from rose_core.data import available_datasets, get_card, is_available, load_dataset, ood_candidates, same_distribution
 from rose_core.data import cifar10_subset
 from rose_core.errors import DatasetUnavailable
 
@@ -56,8 +56,14 @@ def test_card_and_default_sets():
     assert "subset" in card.description and "5,085" in card.title and "1,017" in card.title
     assert "foolbox" in card.description and "Krizhevsky" in card.licence
     assert is_available(NAME, "train") and is_available(NAME, "test")
-    # opt-in: the harness's default OOD sets ("every available set") do not change
-    assert NAME not in available_datasets() and NAME in available_datasets(include_opt_in=True)
+    # an OOD set for the Fashion-MNIST models, never for a CIFAR-10 model (one distribution)
+    assert NAME in available_datasets() and NAME in ood_candidates("fashion-mnist")
+    for ind in ("cifar10", "cifar10-subset", "cifar10-samples"):
+        assert same_distribution(NAME, ind)
+        cands = ood_candidates(ind)
+        assert NAME not in cands and "cifar10-samples" not in cands and "mnist" in cands
+    assert not same_distribution(NAME, "fashion-mnist") and not same_distribution(NAME, "no-such-set")
+    assert get_card(NAME).short_name == "cifar10" and get_card("fashion-mnist").short_name == "fmnist"
     assert "cifar10" in get_card("cifar10").name and get_card("cifar10").source.startswith("torchvision")
 
 

@@ -12,6 +12,8 @@ from rose_core.data.registry import (  # noqa: F401
     get_card,
     is_available,
     load_dataset,
+    ood_candidates,
+    same_distribution,
 )
 from rose_core.data.preprocess import to_model_input, prepare_images  # noqa: F401
 from rose_core.data import catalogue as _catalogue

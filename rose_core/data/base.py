@@ -22,6 +22,11 @@ STRESS_GROUPS = ("ood", "benign", "covariate")
 in-distribution, a real covariate shift reported without a target."""
 
 
+SHORT_NAMES = {"fashion-mnist": "fmnist"}
+"""Short names of distributions in checkpoint names (``rnd-fmnist``, ``vae-cifar10``); others use
+their own name."""
+
+
 @dataclass(frozen=True)
 class DatasetCard:
     """What a dataset is and where it came from."""
@@ -38,9 +43,20 @@ class DatasetCard:
     stands_in_for: str | None = None
     stress_group: str | None = None
     """For the stress suite only: one of :data:`STRESS_GROUPS`; None for every other dataset."""
-    in_default_sets: bool = True
-    """False keeps the dataset out of ``available_datasets()`` (and so out of the evaluation
-    harness's default "every available OOD set") unless asked for; it still loads, and is listed."""
+    distribution: str | None = None
+    """The distribution the images are drawn from when several datasets share one (``cifar10``,
+    ``cifar10-subset`` and ``cifar10-samples`` are all CIFAR-10); None = the dataset's own name. A
+    dataset is never an OOD set for a model trained on a dataset of the same distribution."""
+
+    @property
+    def distribution_name(self) -> str:
+        """:attr:`distribution`, or the dataset's name when it has none."""
+        return self.distribution or self.name
+
+    @property
+    def short_name(self) -> str:
+        """The distribution's short name used in checkpoint names (``fmnist``, ``cifar10``, …)."""
+        return SHORT_NAMES.get(self.distribution_name, self.distribution_name)
 
     def __post_init__(self) -> None:
         if self.stress_group is not None and self.stress_group not in STRESS_GROUPS:

@@ -84,7 +84,7 @@ DATASETS: tuple[DatasetSpec, ...] = (
     DatasetSpec(
         DatasetCard(
             name="cifar10-subset", title="CIFAR-10 subset (5,085 train / 1,017 test, real)", real=True,
-            splits=("train", "test"), in_default_sets=False,
+            splits=("train", "test"), distribution="cifar10",
             source="file rose_core/data/files/cifar10-partial.npz, committed to the project: the first 1,017 "
                    "images of each official CIFAR-10 python batch (data_batch_1–5, test_batch), recovered from "
                    "a public copy whose batch files were cut off after 3 MiB",
@@ -95,8 +95,9 @@ DATASETS: tuple[DatasetSpec, ...] = (
                         "the 20 CIFAR-10 test images in the foolbox==3.3.4 wheel (`cifar10-samples`) are "
                         "pixel-identical to its first 20 test images, with the same labels; the loader checks the "
                         "file's SHA-256, shapes, dtypes and labels. A model trained on it is trained on "
-                        "\"CIFAR-10, 5,085-image subset\", not the full 50,000. Not in the harness's default OOD "
-                        "sets (`available_datasets()`) unless asked for.",
+                        "\"CIFAR-10, 5,085-image subset\", not the full 50,000. The CIFAR-10 OOD set of the "
+                        "Fashion-MNIST models (300 of its test images per bundle row, beside the 20 "
+                        "`cifar10-samples`).",
             how_to_get="in the project (a plain clone has it); if missing or changed: "
                        "git checkout -- rose_core/data/files/cifar10-partial.npz",
         ),

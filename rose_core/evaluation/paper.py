@@ -110,7 +110,7 @@ class PaperPresets:
         t0 = time.perf_counter()
         sets = list(ood_sets or self.ood_sets())
         methods, missing = [], {}
-        short = {"fashion-mnist": "fmnist", "cifar10": "cifar10"}.get(self.in_dataset, self.in_dataset)
+        short = self.in_short_name
         for pert in PERTURBATIONS:
             found = None
             for cand in (self.checkpoint.parent / f"rnd-{short}-{pert}", self.checkpoint.parent / f"rnd-{short}",

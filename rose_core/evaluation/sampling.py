@@ -4,12 +4,15 @@ training-split ROSE variants, and the model inputs made from them."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import torch
 
 from rose_core.methods import default_methods, parse_method
+
+log = logging.getLogger("rose_core.evaluation")
 
 
 def subset_indices(n_total: int, n: int | None, seed: int) -> np.ndarray:
@@ -67,14 +70,29 @@ def is_stress_set(name: str) -> bool:
 class Sampling:
     """Mixin of :class:`~rose_core.evaluation.harness.Evaluation`: datasets, methods, indices, inputs."""
 
+    @property
+    def in_short_name(self) -> str:
+        """The in-distribution's short name in helper checkpoint names (``rnd-fmnist``, ``rnd-cifar10``)."""
+        from rose_core.data import get_card
+        from rose_core.errors import UnknownDataset
+
+        try:
+            return get_card(self.in_dataset).short_name
+        except UnknownDataset:
+            return self.in_dataset
+
     def ood_sets(self) -> list[str]:
         """The settings' OOD sets, else every available dataset except the in-distribution one and
         the stress suite (run by the ``stress`` preset)."""
-        from rose_core.data import available_datasets
+        from rose_core.data import ood_candidates, same_distribution
 
         if self.settings.ood_sets is not None:
-            return [s for s in self.settings.ood_sets if s != self.in_dataset]
-        return [s for s in available_datasets() if s != self.in_dataset and not is_stress_set(s)]
+            dropped = [s for s in self.settings.ood_sets if same_distribution(s, self.in_dataset)]
+            if dropped:
+                log.warning("Not OOD for a model trained on %s (same distribution), left out: %s",
+                            self.in_dataset, ", ".join(dropped))
+            return [s for s in self.settings.ood_sets if s not in dropped]
+        return [s for s in ood_candidates(self.in_dataset) if not is_stress_set(s)]
 
     def methods(self) -> list[str]:
         if self.settings.methods is not None:

@@ -108,7 +108,7 @@ class Scorers:
             return Path(spec.opts["path"])
         if self.settings.rnd:
             return Path(self.settings.rnd)
-        short = {"fashion-mnist": "fmnist", "cifar10": "cifar10"}.get(self.in_dataset, self.in_dataset)
+        short = self.in_short_name
         p = self.checkpoint.parent / f"rnd-{short}"
         return p if p.with_name(p.name + ".json").exists() else None
 
