@@ -27,14 +27,19 @@ class Context:
     bundles: dict[str, Results]
     vae: Results | None
     glow: Results | None
+    vae_cifar10: Results | None = None
+    """The CIFAR-10 VAE's bundle (``vae-cifar10``, trained on the 5,085-image subset), if any."""
 
     @classmethod
     def of(cls, root: Path, checkpoints: Path, bundles: dict[str, Results]) -> "Context":
-        return cls(root, checkpoints, bundles, _main(bundles, "vae-fmnist", "vae"), _main(bundles, "glow-fmnist", "glow"))
+        return cls(root, checkpoints, bundles, _main(bundles, "vae-fmnist", "vae"), _main(bundles, "glow-fmnist", "glow"),
+                   bundles.get("vae-cifar10"))
 
 
 def _main(bundles: dict[str, Results], name: str, kind: str) -> Results | None:
-    return bundles.get(name) or next((b for b in bundles.values() if b.checkpoint_card().get("kind") == kind), None)
+    """The bundle ``name``, else the first Fashion-MNIST bundle of that kind."""
+    return bundles.get(name) or next((b for b in bundles.values() if b.checkpoint_card().get("kind") == kind
+                                      and b.checkpoint_card().get("dataset") == "fashion-mnist"), None)
 
 
 def fmt(v: Any, nd: int = 3) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from rose_core.paper import GLOW_COLS, PAPER, T2_SETS, VAE_COLS, ours_set
+from rose_core.paper import GLOW_COLS, PAPER, VAE_COLS, ours_set
 from rose_core.reporting.context import Context, best_variant, experiment, fmt, label, md_table, title
 from rose_core.results import Results
 
@@ -22,7 +22,7 @@ def compare_table(b: Results, key: str, cols: list[str], col: str = "auroc", ext
     have = set(b.metric_sets())
     methods = list(cols) + [c for c in extra_cols if c in b.metric_methods()]
     rows, used = [], set()
-    for ps in T2_SETS:
+    for ps in paper:
         ours = "overall" if ps == "Overall" else ours_set(ps, have)
         if ours:
             used.add(ours)
@@ -84,18 +84,28 @@ def _n_note(b: Results, methods: list[str]) -> str:
     return "; ".join(parts)
 
 
-def vae_tables(ctx: Context) -> list[str]:
-    vae = ctx.vae
-    if vae is None:
-        return []
-    return ["## Table 2 (VAE, Fashion-MNIST): AUROC, ours (paper)", "",
-            compare_table(vae, "table2-vae", VAE_COLS, "auroc", ["rose-diag", "rnd"] + best_variant(vae) + BESIDE),
+def _vae_tables(vae: Results, suffix: str, trained_on: str) -> list[str]:
+    """Tables 2, 4 and 5 (VAE half) for one VAE bundle; ``suffix`` picks the paper's rows ("" for
+    Fashion-MNIST, "-cifar10")."""
+    card = vae.checkpoint_card()
+    trained = (f" Ours: {card.get('epochs', '?')} epochs on {card.get('train_images', '?'):,} training images"
+               f" (the paper: 100 epochs on the full training set)." if suffix else "")
+    return [f"## Table 2 (VAE, {trained_on}): AUROC, ours (paper)", "",
+            *([trained.strip(), ""] if trained else []),
+            compare_table(vae, f"table2-vae{suffix}", VAE_COLS, "auroc", ["rose-diag", "rnd"] + best_variant(vae) + BESIDE),
             "",
             f"Images: {_n_note(vae, ['rose-ekfac', 'likelihood-regret'])}.", "",
-            "## Table 4 (VAE): AUPRC, in-distribution positive, ours (paper)", "",
-            compare_table(vae, "table4-vae", VAE_COLS, "auprc_in", BESIDE), "",
-            "## Table 5 (VAE): FPR80 (lower is better), ours (paper)", "",
-            compare_table(vae, "table5-vae", VAE_COLS, "fpr80", BESIDE), ""]
+            f"## Table 4 (VAE, {trained_on}): AUPRC, in-distribution positive, ours (paper)", "",
+            compare_table(vae, f"table4-vae{suffix}", VAE_COLS, "auprc_in", BESIDE), "",
+            f"## Table 5 (VAE, {trained_on}): FPR80 (lower is better), ours (paper)", "",
+            compare_table(vae, f"table5-vae{suffix}", VAE_COLS, "fpr80", BESIDE), ""]
+
+
+def vae_tables(ctx: Context) -> list[str]:
+    out = _vae_tables(ctx.vae, "", "Fashion-MNIST") if ctx.vae is not None else []
+    if ctx.vae_cifar10 is not None:
+        out += _vae_tables(ctx.vae_cifar10, "-cifar10", "CIFAR-10 subset")
+    return out
 
 
 def glow_tables(ctx: Context) -> list[str]:
@@ -139,6 +149,9 @@ def fisher_kinds(ctx: Context) -> list[str]:
     if ctx.vae is not None:
         out += ["## Table 6 (VAE): DIAG vs EKFAC, AUROC ours (paper)", "",
                 compare_rows(ctx.vae, "table6", {"DIAG": "rose-diag", "EKFAC": "rose-ekfac"}), ""]
+    if ctx.vae_cifar10 is not None:
+        out += ["## Table 6 (VAE, CIFAR-10 subset): DIAG vs EKFAC, AUROC ours (paper)", "",
+                compare_rows(ctx.vae_cifar10, "table6-cifar10", {"DIAG": "rose-diag", "EKFAC": "rose-ekfac"}), ""]
     if ctx.glow is not None:
         if "rose-diag:layers=all" in ctx.glow.metric_methods():
             out += ["## Table 7 (Glow): InvConv vs all layers, AUROC ours (paper)", "",
