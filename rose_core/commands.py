@@ -42,6 +42,10 @@ import numpy as np
 from rose_core.batch_score import (ImageInputs, dataset_inputs, default_workers, fit_id, folder_inputs,
                                    list_inputs, load_dataset_once, score_inputs)
 from rose_core.errors import CheckpointError, InvalidInput, RoseError
+from rose_core.image_folder import CALIBRATION_EVERY, file_list_sha256, folder_split
+from rose_core.image_folder import decode_files as _decode
+from rose_core.image_folder import folder_record as _folder_record
+from rose_core.image_folder import list_folder as _list_folder
 from rose_core.output_lock import lock_collectively, lock_path
 from rose_core.score_output import check_output_location
 
@@ -50,9 +54,6 @@ log = logging.getLogger(__name__)
 __all__ = ["register_commands", "auto_fit_path", "fit_id", "fit_calibration", "folder_split", "file_list_sha256",
            "CALIBRATION_EVERY"]
 
-CALIBRATION_EVERY = 5
-"""Without ``--calibration-data``, every ``CALIBRATION_EVERY``-th file of ``--data`` (by sorted relative
-path) is held out for calibration."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -103,56 +104,6 @@ def _fit_sets(model, dataset: str, spec, n_calibration: int | None, seed: int, c
 # Folders of images (fit --data)
 # ------------------------------------------------------------------------------------------------
 
-def folder_split(n_files: int, every: int = CALIBRATION_EVERY) -> tuple[list[int], list[int]]:
-    """Positions ``(fisher, calibration)`` of ``n_files`` sorted files: every ``every``-th file
-    (positions ``every-1``, ``2·every-1``, …) is held out for calibration, the others are Fisher images."""
-    cal = [i for i in range(n_files) if i % every == every - 1]
-    held = set(cal)
-    return [i for i in range(n_files) if i not in held], cal
-
-
-def file_list_sha256(keys) -> str:
-    """SHA-256 of a sorted file list: the relative POSIX paths joined by newlines, UTF-8."""
-    import hashlib
-
-    return hashlib.sha256("\n".join(sorted(keys)).encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _list_folder(option: str, folder: str, exts: list[str] | None):
-    try:
-        return folder_inputs(folder, exts)
-    except InvalidInput as exc:
-        raise InvalidInput(str(exc).replace("--input", option)) from None
-
-
-def _decode_files(inputs, positions, size: int, channels: int, option: str, ctx) -> tuple[np.ndarray, list]:
-    """Decode and prepare the files at ``positions``; a file that fails is reported (rank 0, stderr)
-    and skipped. Returns uint8 ``(n, size, size, channels)`` and the ``(file, reason)`` of skipped files."""
-    from rose_core.data import prepare_images
-
-    good, bad = [], []
-    for i in positions:
-        try:
-            arr = inputs.read(i)
-            good.append(prepare_images(arr[None], size, channels)[0])
-        except InvalidInput as exc:
-            bad.append((inputs.keys[i], getattr(exc, "reason", str(exc))))
-        except Exception as exc:   # a file must never stop the fit: report it and go on
-            bad.append((inputs.keys[i], f"{type(exc).__name__}: {exc}"))
-        else:
-            continue
-        if ctx.is_main:
-            print(f"skipped {option} file {bad[-1][0]}: {bad[-1][1]}", file=sys.stderr)
-    images = np.stack(good) if good else np.zeros((0, size, size, channels), dtype=np.uint8)
-    return images, bad
-
-
-def _folder_record(folder: str, inputs, used: int, bad: list, **extra) -> dict:
-    return {"folder": str(Path(folder).resolve()), "files": len(inputs), "decoded": used, "skipped": len(bad),
-            "skipped_files": [{"file": k, "reason": r} for k, r in bad[:100]],
-            "file_list_sha256": file_list_sha256(inputs.keys), **extra}
-
-
 def _folder_fit_sets(model, args, ctx):
     """Fisher and calibration images from ``--data`` (and ``--calibration-data``), prepared for
     ``model``; returns ``(spec, fisher images, calibration images, description, provenance)``."""
@@ -183,9 +134,9 @@ def _folder_fit_sets(model, args, ctx):
     if args.n_calibration is not None and args.n_calibration < len(cal_pos):
         cal_pos = [cal_pos[i] for i in sorted(np.random.default_rng(args.seed + 1).choice(
             len(cal_pos), args.n_calibration, replace=False))]
-    images, bad = _decode_files(data, fisher_pos, size, channels, "--data", ctx)
-    calibration, cal_bad = _decode_files(cal_inputs, cal_pos, size, channels,
-                                         "--calibration-data" if cal_folder else "--data", ctx)
+    images, bad = _decode(data, fisher_pos, size, channels, "--data", report=ctx.is_main)
+    calibration, cal_bad = _decode(cal_inputs, cal_pos, size, channels,
+                                   "--calibration-data" if cal_folder else "--data", report=ctx.is_main)
     if len(images) < 1:
         raise InvalidInput(f"None of the {len(fisher_pos)} Fisher files of --data {args.data} could be decoded.")
     if len(calibration) < 2:
@@ -579,7 +530,9 @@ def register_commands(sub) -> None:
                     "raw and z-scores, NLL, verdict and error. Resumable; see rose_core.batch_score.")
     _common(p)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", default=None, help="folder of images (recursive)")
+    src.add_argument("--input", "--data", dest="input", default=None,
+                     help="folder of images (recursive; flat or class subfolders; unreadable files are recorded with "
+                          "their error); --data is the same option, named as in train and fit")
     src.add_argument("--list", default=None, help="text file with one image path per line")
     src.add_argument("--dataset", default=None, help="registry dataset to score")
     p.add_argument("--split", default="test", help="split of --dataset (default test)")

@@ -8,6 +8,17 @@ replaced by uniform values, with an optional L2 weight ``l2`` (Ren et al. 2019).
 
 The whole training set is held as one uint8 tensor on the device and shuffled
 per epoch, which is faster than a DataLoader for 32×32 images.
+
+``data`` (``train --data FOLDER``) trains on a folder of images instead of a registry dataset, read by
+:func:`rose_core.image_folder.read_folder` (recursive, flat or class subfolders, the upload decoder, bad
+files reported and skipped, resized to 32×32, ``channels`` stated or inferred): every 5th file by sorted
+path is held out for the test bits/dim, the others are trained on. The card records the folder under
+``"data"`` (path, file count, SHA-256 of the sorted file list, skipped files); ``"dataset"`` is then None.
+A resumed run refuses a folder whose file list changed.
+
+``on_progress`` (the app's progress bar) is called every few steps and after each epoch with a dict
+(epoch, epochs, step, steps, loss, bits_per_dim, seconds); an exception it raises stops training, and the
+last completed epoch's checkpoint stays, so the run resumes from there.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -55,6 +67,13 @@ class TrainConfig:
     iwae_k: int = 20
     progress: bool = True
     extra_card: dict = field(default_factory=dict)
+    data: str | None = None
+    """A folder of images to train on instead of ``dataset`` (see the module docstring)."""
+    channels: int | None = None
+    """Channels of the model for ``data`` (1 or 3); None: inferred from the files."""
+    extensions: list[str] | None = None
+    """Only files with these extensions in ``data`` (None: every non-hidden file)."""
+    on_progress: Callable[[dict], None] | None = None
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -79,7 +98,14 @@ def validate_config(cfg: TrainConfig) -> None:
     c.in_range("--noise-fraction", cfg.noise_fraction, 0.0, 1.0)
     c.in_range("--l2", cfg.l2, 0.0, math.inf, hi_open=True)
     c.in_range("--capacity", cfg.capacity, 0.0, math.inf, lo_open=True, hi_open=True)
-    c.known_dataset("--dataset", cfg.dataset, "train")
+    if cfg.data is not None:
+        c.image_folder("--data", cfg.data)
+        if cfg.channels not in (None, 1, 3):
+            raise InvalidInput(f"--channels must be 1 or 3, got {cfg.channels!r}.")
+    else:
+        if cfg.channels is not None:
+            raise InvalidInput("--channels needs --data (a registry dataset's channels come from the preset).")
+        c.known_dataset("--dataset", cfg.dataset, "train")
     c.device_spec("--device", cfg.device)
     c.writable_stem("--out", cfg.out)
 
@@ -90,13 +116,40 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _model_config(cfg: TrainConfig) -> dict | str:
+def _model_config(cfg: TrainConfig, channels: int | None = None) -> dict | str:
+    """The preset, with ``capacity`` (VAE) and the folder's ``channels`` when they differ from it."""
+    from rose_core.models import GLOW_CONFIGS, VAE_CONFIGS
+
+    d = (VAE_CONFIGS if cfg.kind == "vae" else GLOW_CONFIGS)[cfg.preset].to_dict()
+    changed = False
     if cfg.kind == "vae" and cfg.capacity != 1.0:
-        from rose_core.models import VAE_CONFIGS
-        d = VAE_CONFIGS[cfg.preset].to_dict()
-        d["capacity"] = cfg.capacity
-        return d
-    return cfg.preset
+        d["capacity"], changed = cfg.capacity, True
+    if channels is not None and channels != d["channels"]:
+        d["channels"], changed = channels, True
+    return d if changed else cfg.preset
+
+
+def _training_images(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """``(train, test, channels)`` uint8 NHWC: a folder's kept and held-out files (channels stated or inferred,
+    provenance into ``cfg.extra_card["data"]``), or the registry dataset's splits (channels None: the preset's)."""
+    if cfg.data is None:
+        train_set = load_dataset(cfg.dataset, "train", n=cfg.subset, seed=cfg.seed)
+        test = load_dataset(cfg.dataset, "test")
+        test_images = test.images if cfg.eval_subset is None else test.subset(cfg.eval_subset, seed=0).images
+        return train_set.images, test_images, None
+    from rose_core.image_folder import read_folder
+
+    folder = read_folder(cfg.data, "--data", size=32, channels=cfg.channels, extensions=cfg.extensions,
+                         report=True)
+    train_images, test_images = folder["train"], folder["test"]
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.subset is not None and cfg.subset < len(train_images):
+        train_images = train_images[np.sort(rng.choice(len(train_images), cfg.subset, replace=False))]
+    if cfg.eval_subset is not None and cfg.eval_subset < len(test_images):
+        test_images = test_images[np.sort(np.random.default_rng(0).choice(len(test_images), cfg.eval_subset,
+                                                                           replace=False))]
+    cfg.extra_card["data"] = folder["provenance"]
+    return train_images, test_images, folder["channels"]
 
 
 def _optimizer(model: GenerativeModel, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -142,7 +195,10 @@ def train(cfg: TrainConfig) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     out = Path(cfg.out)
-    model = build_model(cfg.kind, _model_config(cfg))
+    if cfg.resume and weights_path(out).exists():
+        _check_resumable(out, cfg)   # before reading the data: a changed folder fails at once
+    train_images, test_images, channels = _training_images(cfg)   # before the model: a folder sets its channels
+    model = build_model(cfg.kind, _model_config(cfg, channels))
     optimizer = _optimizer(model, cfg)
     base_lr = optimizer.param_groups[0]["lr"]
     start_epoch, elapsed_before, step = 0, 0.0, 0
@@ -168,8 +224,7 @@ def train(cfg: TrainConfig) -> dict:
                 if torch.is_tensor(v) and k != "step":
                     optimizer.state[p][k] = v.to(device)
 
-    train_set = load_dataset(cfg.dataset, "train", n=cfg.subset, seed=cfg.seed)
-    data = torch.from_numpy(np.ascontiguousarray(train_set.images)).permute(0, 3, 1, 2).to(device)
+    data = torch.from_numpy(np.ascontiguousarray(train_images)).permute(0, 3, 1, 2).to(device)
     channels = model.config.channels
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -210,6 +265,10 @@ def train(cfg: TrainConfig) -> dict:
             run_n += 1 if (i % 50 == 0 or i == steps_per_epoch - 1) else 0
             if i % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.1f}", bpd=f"{model.bits_per_dim(loss).item():.3f}")
+            if cfg.on_progress is not None and (i % 10 == 0 or i == steps_per_epoch - 1):
+                cfg.on_progress({"epoch": epoch, "epochs": cfg.epochs, "start_epoch": start_epoch, "step": i + 1,
+                                 "steps": steps_per_epoch, "loss": loss.item(),
+                                 "bits_per_dim": model.bits_per_dim(loss).item(), "seconds": time.time() - t0})
         bar.close()
         train_seconds = elapsed_before + (time.time() - t0)
         train_bpd = model.bits_per_dim(torch.tensor(run_loss / max(run_n, 1))).item()
@@ -220,21 +279,42 @@ def train(cfg: TrainConfig) -> dict:
             if (time.time() - t0 + per_epoch) / 60.0 > cfg.max_minutes:
                 log.info("Stopping after epoch %d to stay within %.1f minutes.", epoch + 1, cfg.max_minutes)
                 break
-    test = load_dataset(cfg.dataset, "test")
-    images = test.images if cfg.eval_subset is None else test.subset(cfg.eval_subset, seed=0).images
-    metrics = evaluate_bits_per_dim(model, images, device, iwae_k=cfg.iwae_k)
+    metrics = evaluate_bits_per_dim(model, test_images, device, iwae_k=cfg.iwae_k)
     card = read_card(out)
     card.update({f"test_bits_per_dim{'' if k == 'nll' else '_' + k}": round(v, 5) for k, v in metrics.items()})
-    card["test_images"] = len(images)
+    card["test_images"] = len(test_images)
     save_model(model.cpu(), out, **{k: v for k, v in card.items() if k not in ("kind", "config", "library_version",
                                                                              "num_parameters")})
     return read_card(out)
 
 
+def _check_resumable(out: Path, cfg: TrainConfig) -> None:
+    """A run resumed on a folder must read the same file list (its SHA-256 on the card) with the same channels;
+    a checkpoint trained on a folder does not resume on a registry dataset."""
+    card = read_card(out)
+    before = card.get("data") or {}
+    if cfg.data is None:
+        if before.get("source") == "folder":
+            raise InvalidInput(f"{out} was trained on the folder {before.get('folder')}, not on --dataset "
+                               f"{cfg.dataset}; pass --data, or --no-resume to start again.")
+        return
+    from rose_core.image_folder import file_list_sha256, list_folder
+
+    files = list_folder("--data", cfg.data, cfg.extensions).keys
+    if before.get("file_list_sha256") != file_list_sha256(files):
+        raise InvalidInput(f"{out} was trained on other files ({before.get('folder') or card.get('dataset')}, "
+                           f"{before.get('files', '?')} files) than --data {cfg.data} now holds ({len(files)} files); "
+                           "pass --no-resume to start again or choose another --out.")
+    trained = card.get("config", {}).get("channels")
+    if cfg.channels is not None and cfg.channels != trained:
+        raise InvalidInput(f"{out} has {trained} channels, not --channels {cfg.channels}; pass --no-resume to start "
+                           "again or choose another --out.")
+
+
 def _save(model, optimizer, cfg: TrainConfig, out: Path, epochs: int, step: int, train_seconds: float,
           train_bpd: float, skipped: int, n_train: int) -> None:
     card = {
-        "dataset": cfg.dataset, "train_images": n_train, "epochs": epochs, "steps": step,
+        "dataset": None if cfg.data is not None else cfg.dataset, "train_images": n_train, "epochs": epochs, "steps": step,
         "batch_size": cfg.batch_size, "optimizer": type(optimizer).__name__, "lr": cfg.lr or optimizer.defaults["lr"],
         "seed": cfg.seed, "train_seconds": round(train_seconds, 1), "train_bits_per_dim": round(train_bpd, 5),
         "skipped_nonfinite_steps": skipped, "device": str(next(model.parameters()).device.type),
