@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "for the test bits/dim); the card records the folder, its file count and the SHA-256 of "
                         "its file list")
     p.add_argument("--channels", type=int, default=None, choices=[1, 3],
-                   help="channels of the model for --data (default: 1 if every sampled file is grey, else 3)")
+                   help="channels of the model (default: for --data, 1 if every sampled file is grey, else 3; "
+                        "for a dataset, the preset's)")
     p.add_argument("--ext", default=None, help="only files with these extensions, e.g. png,jpg (--data)")
     p.add_argument("--out", required=True, help="checkpoint path without extension, e.g. checkpoints/vae-fmnist")
     p.add_argument("--epochs", type=int, default=100)

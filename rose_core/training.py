@@ -70,7 +70,7 @@ class TrainConfig:
     data: str | None = None
     """A folder of images to train on instead of ``dataset`` (see the module docstring)."""
     channels: int | None = None
-    """Channels of the model for ``data`` (1 or 3); None: inferred from the files."""
+    """Channels of the model (1 or 3); None: inferred from the files of ``data``, or the preset's."""
     extensions: list[str] | None = None
     """Only files with these extensions in ``data`` (None: every non-hidden file)."""
     on_progress: Callable[[dict], None] | None = None
@@ -98,13 +98,11 @@ def validate_config(cfg: TrainConfig) -> None:
     c.in_range("--noise-fraction", cfg.noise_fraction, 0.0, 1.0)
     c.in_range("--l2", cfg.l2, 0.0, math.inf, hi_open=True)
     c.in_range("--capacity", cfg.capacity, 0.0, math.inf, lo_open=True, hi_open=True)
+    if cfg.channels not in (None, 1, 3):
+        raise InvalidInput(f"--channels must be 1 or 3, got {cfg.channels!r}.")
     if cfg.data is not None:
         c.image_folder("--data", cfg.data)
-        if cfg.channels not in (None, 1, 3):
-            raise InvalidInput(f"--channels must be 1 or 3, got {cfg.channels!r}.")
     else:
-        if cfg.channels is not None:
-            raise InvalidInput("--channels needs --data (a registry dataset's channels come from the preset).")
         c.known_dataset("--dataset", cfg.dataset, "train")
     c.device_spec("--device", cfg.device)
     c.writable_stem("--out", cfg.out)
@@ -131,12 +129,13 @@ def _model_config(cfg: TrainConfig, channels: int | None = None) -> dict | str:
 
 def _training_images(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int | None]:
     """``(train, test, channels)`` uint8 NHWC: a folder's kept and held-out files (channels stated or inferred,
-    provenance into ``cfg.extra_card["data"]``), or the registry dataset's splits (channels None: the preset's)."""
+    provenance into ``cfg.extra_card["data"]``), or the registry dataset's splits (channels: ``cfg.channels``,
+    None for the preset's)."""
     if cfg.data is None:
         train_set = load_dataset(cfg.dataset, "train", n=cfg.subset, seed=cfg.seed)
         test = load_dataset(cfg.dataset, "test")
         test_images = test.images if cfg.eval_subset is None else test.subset(cfg.eval_subset, seed=0).images
-        return train_set.images, test_images, None
+        return train_set.images, test_images, cfg.channels
     from rose_core.image_folder import read_folder
 
     folder = read_folder(cfg.data, "--data", size=32, channels=cfg.channels, extensions=cfg.extensions,
@@ -294,7 +293,7 @@ def _check_resumable(out: Path, cfg: TrainConfig) -> None:
     card = read_card(out)
     before = card.get("data") or {}
     if cfg.data is None:
-        if before.get("source") == "folder":
+        if card.get("dataset") is None and before.get("source") == "folder":
             raise InvalidInput(f"{out} was trained on the folder {before.get('folder')}, not on --dataset "
                                f"{cfg.dataset}; pass --data, or --no-resume to start again.")
         return

@@ -90,21 +90,21 @@ def test_resume_refuses_a_changed_folder(grey_folder, tmp_path, capsys):
     assert _train(data, tmp_path / "m", "--epochs", "1", "--no-resume") == 0
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "both", "channels-alone", "too-few"])
+@pytest.mark.parametrize("case", ["missing", "empty", "both", "channels", "too-few"])
 def test_bad_train_arguments_fail_in_one_line(tmp_path, capsys, case):
     (tmp_path / "empty").mkdir()
     few = tmp_path / "few"
     _write(few, 6, layout="flat")
     args = {"missing": ["--data", str(tmp_path / "nope")], "empty": ["--data", str(tmp_path / "empty")],
             "both": ["--data", str(few), "--dataset", "fashion-mnist"],
-            "channels-alone": ["--dataset", "fashion-mnist", "--channels", "1"],
+            "channels": ["--data", str(few), "--channels", "2"],
             "too-few": ["--data", str(few)]}[case]
     code = main(["train", "--out", str(tmp_path / "m"), "--epochs", "1", "--quiet", *args])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     expected = {"missing": "does not exist", "empty": "holds no image files", "both": "exclude each other",
-                "channels-alone": "--channels needs --data", "too-few": "at least 10 files"}[case]
+                "channels": "invalid choice", "too-few": "at least 10 files"}[case]
     assert expected in err
     assert not (tmp_path / "m.json").exists()
 
