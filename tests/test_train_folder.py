@@ -99,7 +99,10 @@ def test_bad_train_arguments_fail_in_one_line(tmp_path, capsys, case):
             "both": ["--data", str(few), "--dataset", "fashion-mnist"],
             "channels": ["--data", str(few), "--channels", "2"],
             "too-few": ["--data", str(few)]}[case]
-    code = main(["train", "--out", str(tmp_path / "m"), "--epochs", "1", "--quiet", *args])
+    try:
+        code = main(["train", "--out", str(tmp_path / "m"), "--epochs", "1", "--quiet", *args])
+    except SystemExit as exc:   # the argument parser's own errors (one line too)
+        code = exc.code
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
