@@ -64,7 +64,12 @@ def model_cards(folder: str) -> dict[str, dict]:
 
 
 def cards() -> dict[str, dict]:
-    """The models a user can analyse: generative checkpoints that are not helpers (:func:`helper_role`)."""
+    """The models a user can analyse: generative checkpoints that are not helpers (:func:`helper_role`).
+    Models trained on the user's own images (``user-*``, the Your data page) read their dataset from the
+    registry, so the imported datasets are registered first (:func:`rose_core.user_data.register_user_datasets`)."""
+    from rose_core.user_data import register_user_datasets
+
+    register_user_datasets(data_dir())
     return {n: c for n, c in model_cards(str(checkpoints_dir())).items() if helper_role(c) is None}
 
 
