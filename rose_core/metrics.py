@@ -23,7 +23,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn import metrics as skm
+
+
+def _skm():
+    """scikit-learn's metrics, imported on first use (it costs a second at import; the app's first page
+    imports this module without computing a metric)."""
+    from sklearn import metrics
+
+    return metrics
 
 
 def _scores(values, what: str) -> np.ndarray:
@@ -61,28 +68,28 @@ def auroc(in_scores, ood_scores) -> float:
     """Area under the ROC curve, OOD positive. 1 = every OOD score above every in-distribution
     score, 0.5 = chance, 0 = reversed. Ties count one half."""
     s, y = _labelled(in_scores, ood_scores)
-    return float(skm.roc_auc_score(y, s))
+    return float(_skm().roc_auc_score(y, s))
 
 
 def auprc_in(in_scores, ood_scores) -> float:
     """Area under the precision-recall curve with **in-distribution as positive** (the
     paper's Table 4): samples ranked by −score. Chance level = n_in / (n_in + n_ood)."""
     s, y = _labelled(in_scores, ood_scores)
-    return float(skm.average_precision_score(1 - y, -s))
+    return float(_skm().average_precision_score(1 - y, -s))
 
 
 def auprc_out(in_scores, ood_scores) -> float:
     """Area under the precision-recall curve with **OOD as positive**: samples ranked by
     score. Chance level = n_ood / (n_in + n_ood)."""
     s, y = _labelled(in_scores, ood_scores)
-    return float(skm.average_precision_score(y, s))
+    return float(_skm().average_precision_score(y, s))
 
 
 def roc_curve(in_scores, ood_scores) -> tuple[np.ndarray, np.ndarray]:
     """The ROC curve, OOD positive: ``(fpr, tpr)``, both increasing from 0 to 1, one point
     per distinct threshold (no points dropped), for plotting."""
     s, y = _labelled(in_scores, ood_scores)
-    fpr, tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
+    fpr, tpr, _ = _skm().roc_curve(y, s, drop_intermediate=False)
     return fpr, tpr
 
 
@@ -92,7 +99,7 @@ def fpr_at_tpr(in_scores, ood_scores, tpr: float) -> float:
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}.")
     s, y = _labelled(in_scores, ood_scores)
-    fpr, tprs, _ = skm.roc_curve(y, s, drop_intermediate=False)
+    fpr, tprs, _ = _skm().roc_curve(y, s, drop_intermediate=False)
     idx = int(np.searchsorted(tprs, tpr - 1e-12, side="left"))
     return float(fpr[min(idx, len(fpr) - 1)])
 

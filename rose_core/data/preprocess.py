@@ -8,8 +8,6 @@ the ITU-R 601-2 luma transform (as PIL's ``convert("L")``).
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torchvision.transforms.v2.functional as TF
 
 from rose_core.errors import InvalidInput
 
@@ -51,6 +49,9 @@ def prepare_images(images: np.ndarray, size: int = 32, channels: int | None = No
     n, h, w, c = images.shape
     if (h, w) == (size, size):
         return images
+    import torch  # imported here: the registry is imported by the app's first page, which needs no torch
+    import torchvision.transforms.v2.functional as TF
+
     t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     t = TF.resize(t, [size], antialias=True)  # shorter side -> size
     t = TF.center_crop(t, [size, size])
@@ -61,5 +62,7 @@ def to_model_input(images: np.ndarray, size: int = 32, channels: int | None = No
                    device: str | torch.device = "cpu") -> torch.Tensor:
     """uint8 ``(N, H, W, C)`` → float tensor ``(N, C, size, size)`` in [0, 1]."""
     prepared = prepare_images(images, size, channels)
+    import torch
+
     t = torch.from_numpy(np.ascontiguousarray(prepared)).permute(0, 3, 1, 2).float().div_(255.0)
     return t.to(device)
