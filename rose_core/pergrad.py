@@ -150,18 +150,24 @@ def grad_shape(module: nn.Module) -> tuple[int, int]:
     raise UnsupportedLayer(f"No gradient layout for {type(module).__name__}; supported layers: {SUPPORTED_LAYERS}.")
 
 
-def _append_ones(h: torch.Tensor) -> torch.Tensor:
-    n, _, t = h.shape
-    return torch.cat([h, h.new_ones(n, 1, t)], 1)
-
-
 def unfold(x: torch.Tensor, kernel_size, dilation=1, padding=0, stride=1) -> torch.Tensor:
     """``F.unfold`` (zero padding) as one strided view and one copy: ``(N, C·kh·kw, T)``.
 
     Equal element for element to ``torch.nn.functional.unfold``; measured here on the VAE's
     second encoder layer (128×32×16×16, 4×4, stride 2): 15× faster than the CPU ``im2col``
     kernel, which was the largest single cost of a ROSE fit.
+
+    The result is a transposed view of a position-major ``(N, T, C·kh·kw)`` contiguous tensor
+    (the one copy writes that layout): the consumers multiply ``hᵀ`` per position — EKFAC's
+    rotation ``(N·T, D) @ U_A`` and the Gram ``Σ h hᵀ`` — which is then one plain matrix product
+    over all positions of the batch instead of ``N`` transposed ones (about 1.5-2× faster for the
+    VAE's encoder on this CPU).
     """
+    return _unfold_positions(x, kernel_size, dilation, padding, stride).transpose(1, 2)
+
+
+def _unfold_positions(x: torch.Tensor, kernel_size, dilation=1, padding=0, stride=1) -> torch.Tensor:
+    """The unfolded input in position-major layout: a contiguous ``(N, T, C·kh·kw)`` tensor."""
     kh, kw = _pair(kernel_size)
     dh, dw = _pair(dilation)
     ph, pw = _pair(padding)
@@ -175,12 +181,13 @@ def unfold(x: torch.Tensor, kernel_size, dilation=1, padding=0, stride=1) -> tor
         raise ValueError(f"Kernel {kh}×{kw} (dilation {dh}×{dw}) does not fit an input of {hh}×{ww}.")
     x = x.contiguous()
     sn, sc, s_h, s_w = x.stride()
-    view = x.as_strided((n, c, kh, kw, oh, ow), (sn, sc, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
-    return view.reshape(n, c * kh * kw, oh * ow)
+    view = x.as_strided((n, oh, ow, c, kh, kw), (sn, s_h * sh, s_w * sw, sc, s_h * dh, s_w * dw))
+    return view.reshape(n, oh * ow, c * kh * kw)
 
 
 def _input_factor(module: nn.Module, x: torch.Tensor, out_hw: tuple[int, ...]) -> torch.Tensor:
-    """Input factor ``h`` ``(N, D, T)`` of one layer from its raw input."""
+    """Input factor ``h`` ``(N, D, T)`` of one layer from its raw input (for convolutions and linear
+    layers a transposed view of a contiguous position-major ``(N, T, D)`` tensor; see :func:`unfold`)."""
     n = x.shape[0]
     if _pointwise(module):
         return x.reshape(n, x.shape[1], -1)
@@ -191,7 +198,8 @@ def _input_factor(module: nn.Module, x: torch.Tensor, out_hw: tuple[int, ...]) -
             padding = 0
         else:
             padding = module.padding
-        h = unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+        ht = _unfold_positions(x, module.kernel_size, dilation=module.dilation, padding=padding,
+                               stride=module.stride)
     elif isinstance(module, nn.ConvTranspose2d):
         sh, sw = _pair(module.stride)
         kh, kw = _pair(module.kernel_size)
@@ -209,12 +217,14 @@ def _input_factor(module: nn.Module, x: torch.Tensor, out_hw: tuple[int, ...]) -
         rh = out_hw[0] + dh * (kh - 1) - up.shape[2] - lh
         rw = out_hw[1] + dw * (kw - 1) - up.shape[3] - lw
         up = F.pad(up, (lw, rw, lh, rh))  # negative values crop
-        h = unfold(up, (kh, kw), dilation=(dh, dw))
+        ht = _unfold_positions(up, (kh, kw), dilation=(dh, dw))
     elif isinstance(module, nn.Linear):
-        h = x.reshape(n, -1, x.shape[-1]).transpose(1, 2)
+        ht = x.reshape(n, -1, x.shape[-1])
     else:  # pragma: no cover - guarded by check_supported
         raise UnsupportedLayer(type(module).__name__)
-    return _append_ones(h) if _has_bias(module) else h
+    if _has_bias(module):
+        ht = torch.cat([ht, ht.new_ones(n, ht.shape[1], 1)], 2)
+    return ht.transpose(1, 2)
 
 
 def _output_factor(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
