@@ -23,9 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_bytes, save as save_bytes
 
 from rose_core import __version__
 from rose_core.errors import CheckpointError
@@ -76,6 +74,8 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     (``0666`` less the umask): the bytes are serialised in memory and written with ``open``,
     because safetensors' own ``save_file`` creates files readable by the owner only.
     """
+    from safetensors.torch import save as save_bytes  # torch is imported on first use: reading cards needs none
+
     path = Path(path)
     data = save_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: concurrent writers never share it
@@ -91,6 +91,8 @@ def load_tensors(path: Path, sha256: str | None = None) -> dict[str, torch.Tenso
     Raises :class:`CheckpointError` naming the file when it is missing, unreadable, truncated,
     not safetensors, or (with ``sha256``) has other bytes than the card recorded.
     """
+    from safetensors.torch import load as load_bytes
+
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"Checkpoint file {path} does not exist.")
@@ -161,6 +163,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     corrupted (SHA-256 differs from the card's ``weights_sha256``), truncated,
     or does not match the architecture of its card.
     """
+    import torch
+
     from rose_core.models import build_model
 
     card = read_card(path)
@@ -208,6 +212,8 @@ def _safe_json(p: Path) -> dict:
 
 def save_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer,
                         scheduler_state: dict, info: dict) -> None:
+    import torch
+
     stem = _stem(path)
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
