@@ -18,6 +18,7 @@ PAGES = [  # (script relative to app.py, label, icon)
     ("pages/4_layer_auroc.py", "Layer-wise AUROC", ":material/grid_on:"),
     ("pages/5_robustness.py", "Robustness", ":material/contrast:"),
     ("pages/6_methods.py", "Methods", ":material/balance:"),
+    ("pages/7_your_data.py", "Your data", ":material/folder_open:"),
 ]
 INSTALL_HINT = "pip install -e '.[app]'  (or: pip install -r requirements.txt)"
 
