@@ -3,6 +3,7 @@ and AUROC vs the number of Fisher samples (Figure 5)."""
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from rose_core import charts
@@ -14,6 +15,16 @@ from studio import widgets as ui
 from studio.format import best_styled, upscale
 from studio.paths import data_dir, env_int, evaluate_command
 
+LIVE_SEED = 1
+"""Seed of the live sample (the same as ``python -m studio.precompute``'s)."""
+
+
+def brightened(image: np.ndarray, factor: float) -> np.ndarray:
+    """A uint8 image with its intensities multiplied by ``factor`` and clipped, for the thumbnails (numpy:
+    the page draws them without importing torch; the scored images go through rose_core.perturb)."""
+    return np.clip(image.astype(np.float32) * factor, 0, 255).astype(np.uint8)
+
+
 name, card = ui.open_page("Robustness")
 b = state.bundle(name)
 
@@ -22,24 +33,33 @@ st.subheader("Brightness of the OOD images")
 available = state.available_datasets()
 in_dist = card.get("dataset")
 candidates = [d for d in available if d != in_dist]
+metrics = b.table("metrics") if b.exists and b.has("metrics") else None
+swept = sorted(set(metrics.loc[metrics["perturbation"] == "brightness", "ood_set"]) & set(candidates)) \
+    if metrics is not None else []
+FISHER = state.default_fisher(name)
+METHOD = f"rose-{FISHER}"
 if not candidates:
     st.error("No OOD dataset is available on this machine; build the caches with `make data`.")
 else:
-    c1, c2, c3 = st.columns([1, 2, 1])
-    ood = c1.selectbox("OOD set", candidates, index=candidates.index("mnist") if "mnist" in candidates else 0,
+    c1, c2, c3 = st.columns([2, 2, 1])
+    every = bool(swept) and c3.checkbox("Every dataset here", key="rob_all_sets",
+                                        help=f"Off: the OOD sets of the bundle's brightness sweep ({len(swept)}), whose "
+                                             "live values are precomputed. On: every dataset on this machine; the "
+                                             "others are computed live when picked.")
+    sets = candidates if every or not swept else swept
+    ood = c1.selectbox("OOD set", sets, index=sets.index("mnist") if "mnist" in sets else 0,
                        format_func=dataset_label, key="rob_ood")
     factor = c2.slider("Brightness factor (×)", 0.2, 1.8, 1.0, 0.2, format="%.1f×", key="rob_brightness",
                        help="Every OOD image's intensities are multiplied by this factor and clipped to 0–255; the "
                             "in-distribution images are left as they are (the paper's Table 1, steps of 0.2×).")
     factor = round(factor, 1)
     live_on = c3.toggle("Live ROSE + likelihood", value=True, key="rob_live",
-                        help="Compute ROSE and the likelihood here on a small subset of test images "
-                             "(cached per setting); the bundle's values are shown beside them.")
+                        help="ROSE and the likelihood on a small sample of test images drawn here, beside the "
+                             "bundle's values: precomputed for the bundle's brightness sets (`python -m "
+                             f"studio.precompute {name}`), computed here otherwise (cached per setting).")
     n = env_int("ROSE_LIVE_N", 64)
-    from rose_core.data import load_dataset
-
     try:
-        ood_images = load_dataset(ood, "test", n=n, seed=1, root=data_dir()).images
+        ood_images = state.dataset_sample(ood, n, LIVE_SEED, str(data_dir()))
     except RoseError as exc:
         st.error(f"{ood} cannot be loaded: {exc}")
         st.stop()
@@ -49,54 +69,55 @@ else:
     for method in method_order(at_point):
         values[method_label(method)] = (at_point[method],
                                         f"results bundle, {provenance.count_text(*bundle_counts[method][:2])}")
-    live_out = None
+    out, how, loss_kind = None, "", "the model's loss"
     if live_on:
-        live = state.live_scorer(name, state.default_fisher(name))
-        if live is not None:
-            key = ("brightness", state.live_key(name, live.fisher), ood, round(factor, 3), n)
-            out = state.computed(key, lambda progress: live.perturbed_auroc(ood_images, "brightness", factor, n_ref=n,
-                                                                         progress=progress),
-                              f"Scoring {n} + {n} images at {factor:.1f}× brightness")
-            live_out = (live, out)
-            values[f"{method_label(live.method)} (live)"] = (out["auroc"][live.method],
-                                                                 f"live, {out['n_in']} in vs {out['n_ood']} OOD")
-            values[f"likelihood (live, {live.loss_kind})"] = (out["auroc"]["nll"],
-                                                              f"live, {out['n_in']} in vs {out['n_ood']} OOD")
+        pre = state.precomputed_robustness(name, FISHER, n, LIVE_SEED, ood, factor)
+        if pre is not None:
+            out, table = pre
+            loss_kind = table.get("loss_kind", loss_kind)
+            how = (f"precomputed by `{table.get('command', 'python -m studio.precompute ' + name)}` with this model "
+                   "and the bundle's ROSE fit, on the images a live run would draw")
+        else:
+            live = state.live_scorer(name, FISHER)
+            if live is not None:
+                key = ("brightness", state.live_key(name, live.fisher), ood, factor, n)
+                out = state.computed(key, lambda progress: live.perturbed_auroc(ood_images, "brightness", factor,
+                                                                                n_ref=n, seed=LIVE_SEED,
+                                                                                progress=progress),
+                                     f"Scoring {n} + {n} images at {factor:.1f}× brightness",
+                                     cancelled="the live bars are left out, the bundle's values stay")
+                loss_kind, how = live.loss_kind, "computed live here"
+        if out is not None:
+            live_src = f"live sample ({how.split(' ')[0]}), {out['n_in']} in vs {out['n_ood']} OOD"
+            values[f"{method_label(METHOD)} (live)"] = (out["auroc"][METHOD], live_src)
+            values[f"likelihood (live, {loss_kind})"] = (out["auroc"]["nll"], live_src)
     # one OOD image at every step of the slider, each captioned with its own factor; the chosen one marked
-    import numpy as np
-    import torch
-
-    from rose_core import perturb
-    from rose_core.data import prepare_images
-
-    first = torch.from_numpy(np.ascontiguousarray(prepare_images(ood_images[:1], 32))).permute(0, 3, 1, 2)
     steps = [round(0.2 * k, 1) for k in range(1, 10)]
-    strip = [perturb.brightness(first, s).permute(0, 2, 3, 1).numpy()[0] for s in steps]
-    st.image([upscale(im, 72) for im in strip],
+    st.image([upscale(brightened(ood_images[0], s), 72) for s in steps],
              caption=[f"▶ {s:.1f}× (chosen)" if abs(s - factor) < 1e-9 else f"{s:.1f}×" for s in steps])
-    st.caption(f"The first {dataset_label(ood)} image at each brightness factor; every OOD image is scored at the "
-               "chosen one.")
+    st.caption(f"The first {dataset_label(ood)} image of the sample at each brightness factor (before resizing to "
+               "the model's input); every OOD image is scored at the chosen one.")
     if values:
         st.plotly_chart(charts.auroc_bars(values, f"AUROC at {factor:.1f}× brightness of {dataset_label(ood)}"),
                         key="rob_live_chart")
         st.caption("Images under each bar: " + "; ".join(f"{k}: {src}" for k, (_, src) in values.items()) + ". "
                    f"Blue bars: {provenance.bundle_source(b)} vs {dataset_label(ood)} images of the bundle's "
-                   f"brightness sweep. Red bars: a live sample drawn here ({n} {dataset_label(in_dist)} test images of "
-                   f"the evaluation half and {n} {dataset_label(ood)} test images, both drawn with seed 1).")
-        if live_out is not None and b.exists:
-            live, out = live_out
-            bundle_rose = at_point.get(live.method)
-            n_in_b, n_ood_b, _ = bundle_counts.get(live.method, (0, 0, 0))
-            rose_line = (f"{method_label(live.method)} at {factor:.1f}×: results bundle "
+                   f"brightness sweep. Red bars: a live sample ({n} {dataset_label(in_dist)} test images of "
+                   f"the evaluation half and {n} {dataset_label(ood)} test images, both drawn with seed {LIVE_SEED})"
+                   + (f", {how}." if out is not None else "."))
+        if out is not None and b.exists:
+            bundle_rose = at_point.get(METHOD)
+            n_in_b, n_ood_b, _ = bundle_counts.get(METHOD, (0, 0, 0))
+            rose_line = (f"{method_label(METHOD)} at {factor:.1f}×: results bundle "
                          f"**{provenance.auroc_text(bundle_rose)}** ({provenance.count_text(n_in_b, n_ood_b)}) vs live "
-                         f"**{provenance.auroc_text(out['auroc'][live.method])}** "
+                         f"**{provenance.auroc_text(out['auroc'][METHOD])}** "
                          f"({provenance.count_text(out['n_in'], out['n_ood'])})" if bundle_rose is not None else
-                         f"The bundle has no {method_label(live.method)} value at {factor:.1f}× to compare with the "
+                         f"The bundle has no {method_label(METHOD)} value at {factor:.1f}× to compare with the "
                          "live one")
             nll_b = at_point.get("nll")
-            nll_line = (f"; NLL: bundle **{provenance.auroc_text(nll_b)}** vs live likelihood ({live.loss_kind}) "
+            nll_line = (f"; NLL: bundle **{provenance.auroc_text(nll_b)}** vs live likelihood ({loss_kind}) "
                         f"**{provenance.auroc_text(out['auroc']['nll'])}**" if nll_b is not None else "")
-            unperturbed = b.metrics_view(ood, [live.method])
+            unperturbed = b.metrics_view(ood, [METHOD])
             roc_note = (f" The ROC curves page's unperturbed value ({provenance.auroc_text(unperturbed['auroc'].iloc[0])}, "
                         f"{provenance.count_text(unperturbed['n_in'].iloc[0], unperturbed['n_ood'].iloc[0])}) uses yet "
                         "more OOD images." if len(unperturbed) else "")
@@ -113,15 +134,14 @@ else:
 
 # --- 2. sweeps from the bundle ------------------------------------------------------------
 st.subheader("Perturbation sweeps (Table 1)")
-sweeps = [p for p in PERTURBATION_LABELS if p in set(b.table("metrics")["perturbation"])] if b.exists else []
+sweeps = [p for p in PERTURBATION_LABELS if p in set(metrics["perturbation"])] if metrics is not None else []
 if not sweeps:
     ui.missing_bundle_message(name, "The sweeps", "brightness")
 else:
     s1, s2 = st.columns(2)
     pert = s1.selectbox("Perturbation of the OOD images", sweeps, format_func=lambda p: PERTURBATION_LABELS[p][0],
                         key="rob_sweep")
-    m = b.table("metrics")
-    sets = sorted(m.loc[m["perturbation"] == pert, "ood_set"].unique())
+    sets = sorted(metrics.loc[metrics["perturbation"] == pert, "ood_set"].unique())
     sweep_set = s2.selectbox("OOD set", sets, format_func=dataset_label, key="rob_sweep_set",
                              index=sets.index("mnist") if "mnist" in sets else 0)
     curve, summary = b.sweep(pert, sweep_set)

@@ -121,7 +121,7 @@ def auroc_bars(values: dict[str, tuple[float, str]], title: str) -> go.Figure:
                            customdata=sources, hovertemplate="%{x}<br>AUROC %{y:.3f}<br>%{customdata}<extra></extra>"))
     fig.add_hline(y=0.5, line_dash="dot", line_color="grey", annotation_text="chance")
     fig.update_yaxes(range=[0, 1.1])
-    return _layout(fig, title, "method (red: computed live here; blue: from the results bundle)",
+    return _layout(fig, title, "method (red: the live sample drawn here; blue: the results bundle)",
                    "AUROC (OOD positive)", height=400)
 
 
@@ -147,17 +147,73 @@ def fisher_samples_figure(fs: pd.DataFrame, title: str) -> go.Figure:
     return _layout(fig, title, "number of in-distribution samples for the Fisher", "AUROC (OOD positive)")
 
 
-def throughput_figure(tv: pd.DataFrame, title: str) -> go.Figure:
+LABEL_FONT_PX = 12
+"""Plotly's default text size; a label's box is estimated at 0.62 of it per character."""
+_PLACES = ("top center", "bottom center", "middle right", "middle left", "top right", "top left", "bottom right",
+           "bottom left")
+
+
+def _label_box(x: float, y: float, text: str, place: str, marker: float) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) in pixels of ``text`` placed at ``place`` around a marker at (x, y)."""
+    w, h, gap = 0.62 * LABEL_FONT_PX * len(text), LABEL_FONT_PX + 4, marker / 2 + 2
+    vert, horiz = place.split()
+    cx = x if horiz == "center" else (x + gap + w / 2 if horiz == "right" else x - gap - w / 2)
+    cy = y if vert == "middle" else (y + gap + h / 2 if vert == "top" else y - gap - h / 2)
+    return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+
+
+def _overlap(a: tuple, b: tuple) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def label_places(xs: np.ndarray, ys: np.ndarray, texts: list[str], width: float, height: float,
+                 marker: float = 14) -> list[str]:
+    """A plotly ``textposition`` for each point's label so that labels overlap neither each other, nor other
+    markers, nor the plot's edges: greedily, points left to right, the first free place of :data:`_PLACES` (the one
+    overlapping least when none is free). ``xs``/``ys`` are in pixels of a ``width`` × ``height`` plot area."""
+    markers = [(x - marker / 2, y - marker / 2, x + marker / 2, y + marker / 2) for x, y in zip(xs, ys)]
+    placed: list[tuple] = []
+    out = [""] * len(texts)
+    for i in sorted(range(len(texts)), key=lambda k: (xs[k], ys[k])):
+        def cost(place: str) -> float:
+            box = _label_box(xs[i], ys[i], texts[i], place, marker)
+            edge = max(0.0, -box[0]) + max(0.0, box[2] - width) + max(0.0, -box[1]) + max(0.0, box[3] - height)
+            return (sum(_overlap(box, o) for o in placed) + sum(_overlap(box, m) for j, m in enumerate(markers) if j != i)
+                    + 50 * edge)
+        best = min(_PLACES, key=lambda p: (cost(p) > 0, cost(p)))  # the first free place, else the least bad
+        out[i] = best
+        placed.append(_label_box(xs[i], ys[i], texts[i], best, marker))
+    return out
+
+
+def throughput_figure(tv: pd.DataFrame, title: str, width: float = 640) -> go.Figure:
+    """Images per second (log axis) vs Overall AUROC, one labelled marker per method. Labels are placed so they
+    do not overlap (:func:`label_places`) on a plot at least ``width`` pixels wide (the page's narrowest)."""
     tv = tv.dropna(subset=["overall_auroc"])
+    height, margin = 440, dict(l=60, r=20, t=60, b=50)
     fig = go.Figure()
+    if tv.empty:
+        return _layout(fig, title, "throughput (images per second, log scale)", "Overall AUROC", height=height)
+    lx = np.log10(tv["images_per_s"].astype(float).to_numpy())
+    y = tv["overall_auroc"].astype(float).to_numpy()
+    x_span, y_span = max(lx.max() - lx.min(), 0.5), max(y.max() - y.min(), 0.05)
+    x_range = [lx.min() - 0.12 * x_span, lx.max() + 0.12 * x_span]
+    y_range = [y.min() - 0.15 * y_span, y.max() + 0.15 * y_span]
+    plot_w, plot_h = width - margin["l"] - margin["r"], height - margin["t"] - margin["b"]
+    px = (lx - x_range[0]) / (x_range[1] - x_range[0]) * plot_w
+    py = (y - y_range[0]) / (y_range[1] - y_range[0]) * plot_h
+    names = [method_label(str(m)) for m in tv["method"]]
+    places = label_places(px, py, names, plot_w, plot_h)
     colours = color_map(list(tv["method"].astype(str)))
-    for _, r in tv.iterrows():
+    for (_, r), label, place in zip(tv.iterrows(), names, places):
         m = str(r["method"])
         fig.add_trace(go.Scatter(x=[r["images_per_s"]], y=[r["overall_auroc"]], mode="markers+text",
-                                 text=[method_label(m)], textposition="top center", name=method_label(m),
+                                 text=[label], textposition=place, name=label, cliponaxis=False,
                                  marker=dict(size=14, color=colours[m]),
-                                 hovertemplate=f"{method_label(m)}<br>%{{x:.3g}} images/s<br>"
+                                 hovertemplate=f"{label}<br>%{{x:.3g}} images/s<br>"
                                                "Overall AUROC %{y:.3f}<extra></extra>"))
-    fig.update_xaxes(type="log", dtick=1)
+    # ticks at 1, 10, 100 … when the rates span two decades or more; else plotly's finer log ticks (2, 5, …)
+    fig.update_xaxes(type="log", range=x_range, dtick=1 if lx.max() - lx.min() >= 2 else None)
+    fig.update_yaxes(range=y_range)
     fig.update_layout(showlegend=False)
-    return _layout(fig, title, "throughput (images per second, log scale)", "Overall AUROC", height=440)
+    return _layout(fig, title, "throughput (images per second, log scale)", "Overall AUROC", height=height)

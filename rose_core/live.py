@@ -43,20 +43,24 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from rose_core.checkpoint import card_path, load_model
 from rose_core.data import prepare_images
 from rose_core.errors import CheckpointError, InvalidInput
 from rose_core.metrics import auroc, threshold_at_tpr
 from rose_core.results import Results, results_root
-from rose_core.scorers.rose import RoseScorer
 
-__all__ = ["LiveScorer", "LiveResult", "Progress", "checkpoint_name", "MODEL_KINDS", "VERDICTS"]
+if TYPE_CHECKING:  # torch and the scorers are imported where images are scored: reading tables needs neither
+    import torch
+
+    from rose_core.scorers.rose import RoseScorer
+
+__all__ = ["LiveScorer", "LiveResult", "Progress", "checkpoint_name", "MODEL_KINDS", "VERDICTS", "ROBUSTNESS_FILE",
+           "BRIGHTNESS_FACTORS", "scorer_identity", "robustness_table", "read_robustness_table", "robustness_lookup"]
 
 Progress = Callable[[float, str], None]
 """``progress(fraction_done, message)``, fraction in [0, 1]."""
@@ -254,6 +258,8 @@ class LiveScorer:
         return why is None
 
     def _load_or_fit(self, progress: Progress) -> tuple[RoseScorer, str]:
+        from rose_core.scorers.rose import RoseScorer
+
         for stem, source in ((self._bundle_fit_path(), "bundle"), (self._cache_stem(), "cache")):
             if not card_path(stem).exists():
                 continue
@@ -297,6 +303,8 @@ class LiveScorer:
         return prepare_images(images, self.image_size, self.channels)
 
     def _to_tensor(self, prepared: np.ndarray) -> torch.Tensor:
+        import torch
+
         t = torch.from_numpy(np.ascontiguousarray(prepared)).permute(0, 3, 1, 2).float().div_(255.0)
         return t.to(next(self.model.parameters()).device)
 
@@ -395,6 +403,8 @@ class LiveScorer:
         progress = progress or _no_progress
         ref = self.reference(n_ref, seed, progress=lambda f, m: progress(0.5 * f, f"In-distribution: {m}"))
         prepared = self.prepare(ood_images)
+        import torch
+
         t = torch.from_numpy(np.ascontiguousarray(prepared)).permute(0, 3, 1, 2)
         if perturbation != "none":
             t = perturb.apply(perturbation, t, strength, seed=seed)
@@ -411,3 +421,76 @@ class LiveScorer:
                 "n_calibration": int(len(self.calibration)), "verdict": self.verdict, "nll": self.nll_kind,
                 "messages": list(self.messages)}
 
+
+
+# --- precomputed live robustness (the Robustness page's brightness bars) ----------------------
+
+ROBUSTNESS_FILE = "live_robustness.json"
+"""Written into ``results/<checkpoint>/`` by ``python -m studio.precompute`` (:func:`robustness_table`)."""
+BRIGHTNESS_FACTORS = tuple(round(0.2 * k, 1) for k in range(1, 10))
+"""The Robustness page's slider: the paper's Table 1 grid, 0.2× to 1.8×."""
+
+
+def scorer_identity(checkpoint: str | os.PathLike, results: str | os.PathLike | None, fisher: str) -> dict:
+    """SHA-256 of what a live scorer's numbers depend on: the model's weights and the bundle's ROSE fit
+    (card and weights; ``None`` where missing)."""
+    from rose_core.checkpoint import sha256_file, weights_path
+
+    fits = Results.for_checkpoint(checkpoint_name(checkpoint), results).folder / "fits"
+
+    def sha(path: Path) -> str | None:
+        return sha256_file(path) if path.exists() else None
+
+    return {"weights": sha(weights_path(card_path(checkpoint))), "fit": sha(fits / f"rose-{fisher}.json"),
+            "fit_weights": sha(fits / f"rose-{fisher}.safetensors")}
+
+
+def robustness_table(live: LiveScorer, ood_sets: Sequence[str], factors: Sequence[float] = BRIGHTNESS_FACTORS,
+                     n: int = 64, seed: int = 1, progress: Progress | None = None) -> dict:
+    """The live brightness AUROCs of :meth:`LiveScorer.perturbed_auroc` for every OOD set and factor, on the
+    images the Robustness page draws (``n`` test images of each set with ``seed``, ``n`` in-distribution
+    images of the evaluation half), with the identity of the scorer (:func:`scorer_identity`). Only a
+    scorer whose fit comes from the results bundle is accepted: a fit cached on one machine is not shared."""
+    from rose_core.data import load_dataset
+
+    if live.fit_source != "bundle":
+        raise InvalidInput(f"The live scorer of {live.name} does not use the results bundle's ROSE fit "
+                           f"({live.fit_source}); compute the bundle's fit first (python -m rose_core evaluate).")
+    progress = progress or _no_progress
+    rows = []
+    steps = [(s, f) for s in ood_sets for f in factors]
+    for k, (ood, factor) in enumerate(steps):
+        images = load_dataset(ood, "test", n=n, seed=seed, root=live.data_root).images
+        out = live.perturbed_auroc(images, "brightness", factor, n_ref=n, seed=seed,
+                                   progress=lambda f, m: progress((k + f) / len(steps), f"{ood} at {factor:.1f}×: {m}"))
+        rows.append({"ood_set": ood, "factor": float(factor), "rose": float(out["auroc"][live.method]),
+                     "nll": float(out["auroc"]["nll"]), "n_in": int(out["n_in"]), "n_ood": int(out["n_ood"])})
+    return {"checkpoint": live.name, "method": live.method, "loss_kind": live.loss_kind, "n": int(n), "seed": int(seed),
+            "identity": scorer_identity(live.checkpoint, live.results.folder.parent, live.fisher), "rows": rows}
+
+
+def read_robustness_table(folder: str | os.PathLike) -> dict | None:
+    """The precomputed table in a results folder (``results/<checkpoint>/``), or None when there is none
+    or it cannot be read."""
+    import json
+
+    path = Path(folder) / ROBUSTNESS_FILE
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return table if isinstance(table, dict) and isinstance(table.get("rows"), list) else None
+
+
+def robustness_lookup(table: dict | None, identity: dict, method: str, n: int, seed: int, ood_set: str,
+                      factor: float) -> dict | None:
+    """The precomputed row for one OOD set and factor, in :meth:`LiveScorer.perturbed_auroc`'s shape
+    (without the perturbed images), when ``table`` was computed by this very scorer (same identity,
+    method, ``n`` and ``seed``); None otherwise."""
+    if not table or table.get("identity") != identity or table.get("method") != method \
+            or table.get("n") != n or table.get("seed") != seed:
+        return None
+    for r in table["rows"]:
+        if r.get("ood_set") == ood_set and abs(float(r.get("factor", -1)) - float(factor)) < 1e-6:
+            return {"n_in": r["n_in"], "n_ood": r["n_ood"], "auroc": {method: r["rose"], "nll": r["nll"]}}
+    return None

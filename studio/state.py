@@ -27,6 +27,9 @@ from rose_core.errors import RoseError
 from rose_core.results import Results
 from studio.paths import checkpoints_dir, data_dir, env_int, results_dir
 
+MODEL_KINDS = ("vae", "glow")
+"""Checkpoint kinds the app analyses (those of :data:`rose_core.live.MODEL_KINDS`; repeated here so the first
+page does not import the live scorer and torch with it)."""
 MAX_STORED = 256
 """Most results of long computations kept (live scorers excluded)."""
 
@@ -50,8 +53,6 @@ def helper_role(card: dict) -> str | None:
 @st.cache_data(ttl=15, show_spinner=False)
 def model_cards(folder: str) -> dict[str, dict]:
     """Cards of the generative-model checkpoints (VAE, Glow) in ``folder``, by name, helpers included."""
-    from rose_core.live import MODEL_KINDS, checkpoint_name
-
     cards = {}
     for p in list_checkpoints(folder):
         try:
@@ -59,7 +60,7 @@ def model_cards(folder: str) -> dict[str, dict]:
         except RoseError:
             continue
         if card.get("kind") in MODEL_KINDS:
-            cards[checkpoint_name(p)] = card
+            cards[p.name[: -len(".json")]] = card
     return cards
 
 
@@ -153,11 +154,57 @@ def _store() -> dict:
     return {"_lock": threading.Lock(), "_key_locks": {}}
 
 
-def computed(key: tuple, compute: Callable[[Callable[[float, str], None]], Any], label: str) -> Any:
-    """``compute(progress)`` once per ``key`` for the whole server, showing ``st.progress`` while it runs."""
+CANCELLED = "_cancelled_computations"
+"""Session key: the tags (:func:`computation_tag`) of computations this browser session cancelled."""
+
+
+def computation_tag(key: tuple) -> str:
+    """A short, stable name of a computation's key (for widget keys and the cancelled set)."""
+    return digest(repr(key))[:16]
+
+
+def cancel(tag: str) -> None:
+    """``on_click`` of a computation's Cancel button. The click reruns the page; Streamlit stops the
+    running script at its next progress update, before the result is stored; this mark keeps the
+    rerun from starting the computation again."""
+    st.session_state.setdefault(CANCELLED, set()).add(tag)
+
+
+def resume(tag: str) -> None:
+    """``on_click`` of "Run it again": forget the cancellation."""
+    st.session_state.setdefault(CANCELLED, set()).discard(tag)
+
+
+def is_cancelled(key: tuple) -> bool:
+    return computation_tag(key) in st.session_state.get(CANCELLED, set())
+
+
+def cancel_button(tag: str, what: str) -> None:
+    """The Cancel button drawn under a running computation's progress bar."""
+    st.button("Cancel", key=f"cancel_{tag}", on_click=cancel, args=(tag,), icon=":material/cancel:",
+              help=f"Stop {what} at its next progress step. Nothing half-done is kept: the result is stored only "
+                   "when the computation finishes.")
+
+
+def cancelled_note(tag: str, label: str, effect: str = "") -> None:
+    """What the page says after a cancellation, with a button to run it after all."""
+    st.info(f"Cancelled: {label}. Nothing was stored{'; ' + effect if effect else ''}.", icon=":material/cancel:")
+    st.button("Run it again", key=f"resume_{tag}", on_click=resume, args=(tag,), icon=":material/replay:")
+
+
+def computed(key: tuple, compute: Callable[[Callable[[float, str], None]], Any], label: str,
+             cancelled: str = "") -> Any:
+    """``compute(progress)`` once per ``key`` for the whole server, showing ``st.progress`` and a Cancel button
+    while it runs. Returns None when this session cancelled it (after :func:`cancelled_note`, which names
+    ``cancelled``: what the page shows instead); the value is stored only when ``compute`` returns, so a
+    cancelled computation leaves nothing behind and the next request starts it from the beginning."""
     store = _store()
     if key in store:
         return store[key]
+    tag = computation_tag(key)
+    if tag in st.session_state.get(CANCELLED, set()):
+        cancelled_note(tag, label, cancelled)
+        return None
     with store["_lock"]:
         done = [k for k in store if isinstance(k, tuple) and k[0] != "live"]
         for old in done[: max(0, len(done) - MAX_STORED)]:  # oldest first (dicts keep insertion order)
@@ -166,11 +213,14 @@ def computed(key: tuple, compute: Callable[[Callable[[float, str], None]], Any],
     with lock:
         if key in store:
             return store[key]
-        bar = st.progress(0.0, text=label)
+        slot = st.empty()
+        with slot.container():
+            bar = st.progress(0.0, text=label)
+            cancel_button(tag, label[:1].lower() + label[1:])
         try:
             value = compute(lambda f, m: bar.progress(min(max(float(f), 0.0), 1.0), text=f"{label} — {m}"))
         finally:
-            bar.empty()
+            slot.empty()
         store[key] = value
         return value
 
@@ -237,6 +287,47 @@ def live_key(name: str, fisher: str, verdict: str | None = None) -> tuple | None
             tuple(sorted(live_sizes().items())), verdict)
 
 
+def scorer_identity(name: str, fisher: str) -> dict:
+    """SHA-256 of the model's weights and of the bundle's ROSE fit (as :func:`rose_core.live.scorer_identity`,
+    hashed once per file version)."""
+    fits = results_dir() / name / "fits"
+    return {"weights": file_hash(weights_path(checkpoints_dir() / f"{name}.json")),
+            "fit": file_hash(fits / f"rose-{fisher}.json"), "fit_weights": file_hash(fits / f"rose-{fisher}.safetensors")}
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _robustness_table(folder: str, mtime_ns: int) -> dict | None:
+    from rose_core.live import read_robustness_table
+
+    return read_robustness_table(folder)
+
+
+def precomputed_robustness(name: str, fisher: str, n: int, seed: int, ood_set: str, factor: float):
+    """``(row, table)``: the live brightness AUROCs of ``results/<name>/live_robustness.json``
+    (``python -m studio.precompute``) for one OOD set and factor, when that file was computed by the scorer
+    this server would use (same weights, bundle fit, image counts and seed; no fit-size overrides); else None."""
+    from rose_core.live import ROBUSTNESS_FILE, robustness_lookup
+
+    if live_sizes():
+        return None
+    folder = results_dir() / name
+    try:
+        mtime = (folder / ROBUSTNESS_FILE).stat().st_mtime_ns
+    except OSError:
+        return None
+    table = _robustness_table(str(folder), mtime)
+    row = robustness_lookup(table, scorer_identity(name, fisher), f"rose-{fisher}", n, seed, ood_set, factor)
+    return (row, table) if row is not None else None
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def dataset_sample(dataset: str, n: int, seed: int, data_root: str):
+    """uint8 images of ``load_dataset(dataset, "test", n=n, seed=seed)`` (cached per server)."""
+    from rose_core.data import load_dataset
+
+    return load_dataset(dataset, "test", n=n, seed=seed, root=data_root).images
+
+
 def live_scorer(name: str, fisher: str = "ekfac", verdict: str | None = None):
     """The :class:`rose_core.live.LiveScorer` of a checkpoint (loaded, fitted or read from the bundle once
     per server and :func:`live_key`), or None after showing what is missing and how to get it."""
@@ -254,7 +345,7 @@ def live_scorer(name: str, fisher: str = "ekfac", verdict: str | None = None):
     try:
         return computed(key, lambda progress: LiveScorer(path, fisher, results=results_dir(), data_root=data_dir(),
                                                          verdict=verdict, progress=progress, **live_sizes()),
-                        f"Preparing ROSE-{fisher.upper()} for {name}")
+                        f"Preparing ROSE-{fisher.upper()} for {name}", cancelled="this page needs it to score images")
     except RoseError as exc:
         st.error(f"ROSE cannot be prepared for `{name}`: {exc}")
         if "dataset" in str(exc).lower():

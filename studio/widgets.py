@@ -208,12 +208,23 @@ def compute_button(name: str, preset: str) -> None:
         return
     est = state.preset_estimate(name, preset)
     when = f", {state.duration_text(est[0])}" if est else ""
+    stopped = st.session_state.pop(f"compute_{preset}_cancelled", False)
+    if stopped:
+        st.info(f"Cancelled {preset}. Every unit the harness finished before the cancel is stored whole in "
+                f"`results/{name}/` (each table is written to a temporary file and then renamed) and is reused by the "
+                "next run; the unit in progress was dropped and the experiment is not marked as run.",
+                icon=":material/cancel:")
     if not st.button(f"Compute {preset} here{when}; writes results/{name}/", key=f"compute_{preset}",
                      help=f"{PRESETS[preset]}. Runs the evaluation harness on this machine and writes its tables "
                           f"into results/{name}/" + (f" ({est[1]})" if est else "; no manifest records how long "
-                                                     "it takes") + ". Keep the page open."):
+                                                     "it takes") + ". Keep the page open; Cancel stops it."):
         return
-    bar = st.progress(0.0, text=f"Starting {preset} on {name}")
+    slot = st.empty()
+    with slot.container():
+        bar = st.progress(0.0, text=f"Starting {preset} on {name}")
+        st.button("Cancel", key=f"cancel_compute_{preset}", icon=":material/cancel:",
+                  on_click=lambda: st.session_state.__setitem__(f"compute_{preset}_cancelled", True),
+                  help="Stop after the unit in progress: finished units stay stored (whole) and are reused next time.")
 
     def progress(done: int, total: int, message: str) -> None:
         bar.progress(min(max(done / total, 0.0), 1.0) if total else 0.0, text=f"{preset}: {message} ({done}/{total})")
@@ -222,9 +233,9 @@ def compute_button(name: str, preset: str) -> None:
         run_preset(preset, checkpoints_dir() / name, results=results_dir(), settings=_settings_for(name, preset),
                    progress=progress, show_progress=False)
     except (RoseError, ValueError, OSError, RuntimeError, KeyError) as exc:
-        bar.empty()
+        slot.empty()
         st.error(f"Computing {preset} failed: {exc}. Run `{evaluate_command(name, preset)}` in a terminal "
                  "to see the full log.")
         return
-    bar.empty()
+    slot.empty()
     st.rerun()

@@ -552,7 +552,8 @@ def test_robustness_slider_sweeps_and_figure5(app_env):
     bundle_rose = res.auroc_at("mnist", "brightness", 1.0)["rose-ekfac"]
     images = [c for c in texts(at, "caption") if c.startswith("Images under each bar")]
     assert len(images) == 1 and "ROSE (EKFAC): results bundle, 40 in / 60 OOD" in images[0]
-    assert "ROSE (EKFAC) (live): live, 8 in vs 8 OOD" in images[0] and "seed 1" in images[0]
+    assert "ROSE (EKFAC) (live): live sample (computed), 8 in vs 8 OOD" in images[0] and "seed 1" in images[0]
+    assert "computed live here" in images[0]
     side = [t for t in texts(at, "markdown") if t.startswith("ROSE (EKFAC) at 1.0×")]
     assert len(side) == 1 and f"results bundle **{bundle_rose:.3f}** (40 in / 60 OOD) vs live" in side[0]
     assert "(8 in / 8 OOD)" in side[0]
@@ -761,3 +762,76 @@ def test_a_file_removed_from_the_uploader_is_dropped(app_env):
     assert list(at.dataframe[0].value["image"]) == ["a.png", "b.png"]
     at.file_uploader(key="score_files").set_value(files[1:]).run()
     assert list(at.dataframe[0].value["image"]) == ["b.png"]
+
+
+# --------------------------------------------------------------------------------------------
+# Cancelling a computation (studio.state.computed)
+# --------------------------------------------------------------------------------------------
+
+def _computation_script(key: str) -> None:
+    import streamlit as st
+
+    from studio import state
+
+    calls = st.session_state.setdefault("calls", [])
+
+    def compute(progress):
+        calls.append("start")
+        progress(0.5, "half way")
+        if st.session_state.get("press_cancel"):  # what a click on Cancel does: mark it, then rerun the page
+            st.session_state["press_cancel"] = False
+            state.cancel(state.computation_tag(("demo", key)))
+            st.rerun()
+        calls.append("done")
+        return 42
+
+    value = state.computed(("demo", key), compute, "Demo computation", cancelled="the demo shows no value")
+    st.markdown(f"value: {value}")
+
+
+def test_a_cancelled_computation_stores_nothing_and_can_be_run_again(tmp_path):
+    from studio import state
+
+    key = tmp_path.name  # unique per test run: the store is shared by the whole server (here: the test process)
+    at = AppTest.from_function(_computation_script, args=(key,), default_timeout=60)
+    at.session_state["press_cancel"] = True
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    # stopped at its progress update (the Streamlit rerun a click causes), before storing anything
+    assert at.session_state["calls"] == ["start"]
+    assert ("demo", key) not in state._store()
+    notes = [e.value for e in at.info]
+    assert any(n.startswith("Cancelled: Demo computation. Nothing was stored; the demo shows no value.") for n in notes)
+    assert "value: None" in texts(at, "markdown")
+    at.run()  # a rerun does not start it again behind the user's back
+    assert at.session_state["calls"] == ["start"] and "value: None" in texts(at, "markdown")
+    at.button(key=f"resume_{state.computation_tag(('demo', key))}").click().run()
+    assert at.session_state["calls"] == ["start", "start", "done"] and "value: 42" in texts(at, "markdown")
+    at.run()  # stored once finished: not computed again
+    assert at.session_state["calls"] == ["start", "start", "done"] and "value: 42" in texts(at, "markdown")
+    assert not [e.value for e in at.info if "Cancelled" in e.value]
+
+
+def test_robustness_shows_the_precomputed_live_values_and_says_so(app_env, monkeypatch):
+    from rose_core.live import ROBUSTNESS_FILE, robustness_table
+
+    live = LiveScorer(app_env["checkpoints"] / f"{MODEL}.json", results=app_env["results"], **LIVE_SIZES)
+    assert live.fit_source == "bundle"
+    table = robustness_table(live, ["mnist"], factors=(1.0,), n=8, seed=1)
+    table["command"] = f"python -m studio.precompute {MODEL}"
+    path = app_env["results"] / MODEL / ROBUSTNESS_FILE
+    path.write_text(json.dumps(table))
+    try:  # the default scorer (no fit-size overrides), which the table was computed with: nothing is scored here
+        monkeypatch.delenv("ROSE_LIVE_N_FISHER")
+        monkeypatch.delenv("ROSE_LIVE_N_CALIBRATION")
+        at = open_page("pages/5_robustness.py")
+        bars = chart(at, "AUROC at 1.0× brightness")["data"][0]
+        shown = dict(zip(bars["x"], arr(bars["y"]).tolist()))
+        assert shown["ROSE (EKFAC) (live)"] == pytest.approx(table["rows"][0]["rose"])
+        assert shown["likelihood (live, −ELBO at z = μ)"] == pytest.approx(table["rows"][0]["nll"])
+        caption = [c for c in texts(at, "caption") if c.startswith("Images under each bar")][0]
+        assert "live sample (precomputed), 8 in vs 8 OOD" in caption
+        assert f"precomputed by `python -m studio.precompute {MODEL}` with this model and the bundle's ROSE fit" in caption
+        assert not [k for k in at.session_state if str(k).startswith("cancel_")]
+    finally:
+        path.unlink()

@@ -221,3 +221,35 @@ def test_errors_say_what_is_wrong(tmp_path, tiny_ckpt):
         LiveScorer(tmp_path / "ckpt" / "svhn-vae", results=tmp_path / "results", n_fisher=8)
     with pytest.raises(ValueError, match="fisher"):
         LiveScorer(ckpt, fisher="kfac")
+
+
+def test_robustness_table_matches_live_scores_and_is_used_only_by_the_same_scorer(tmp_path):
+    from rose_core.live import ROBUSTNESS_FILE, read_robustness_table, robustness_lookup, robustness_table, \
+        scorer_identity
+
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(channels=1, base_width=4, latent_dim=3)).eval()
+    ckpt = save_model(model, tmp_path / "ckpt" / "tiny-vae", dataset="fashion-mnist", epochs=0)
+    first = make(ckpt, tmp_path)
+    with pytest.raises(InvalidInput, match="does not use the results bundle's ROSE fit"):
+        robustness_table(first, ["mnist"], factors=(1.0,), n=6)
+    first.rose.save(first.results.folder / "fits" / "rose-ekfac")  # as the harness would: the bundle's fit
+    live = make(ckpt, tmp_path)
+    assert live.fit_source == "bundle"
+    table = robustness_table(live, ["mnist"], factors=(0.4, 1.0), n=6, seed=1)
+    images = load_dataset("mnist", "test", n=6, seed=1).images
+    direct = live.perturbed_auroc(images, "brightness", 0.4, n_ref=6, seed=1)
+    ident = scorer_identity(ckpt, tmp_path / "results", "ekfac")
+    assert table["identity"] == ident and all(ident.values())
+    row = robustness_lookup(table, ident, "rose-ekfac", 6, 1, "mnist", 0.4)
+    assert row["auroc"] == pytest.approx(direct["auroc"]) and (row["n_in"], row["n_ood"]) == (6, 6)
+    (live.results.folder / ROBUSTNESS_FILE).write_text(__import__("json").dumps(table))
+    assert read_robustness_table(live.results.folder) == table
+    # another scorer, sample size, seed, set or factor: not this table's numbers
+    assert robustness_lookup(table, {**ident, "fit": "0" * 64}, "rose-ekfac", 6, 1, "mnist", 0.4) is None
+    assert robustness_lookup(table, ident, "rose-diag", 6, 1, "mnist", 0.4) is None
+    assert robustness_lookup(table, ident, "rose-ekfac", 8, 1, "mnist", 0.4) is None
+    assert robustness_lookup(table, ident, "rose-ekfac", 6, 2, "mnist", 0.4) is None
+    assert robustness_lookup(table, ident, "rose-ekfac", 6, 1, "noise", 0.4) is None
+    assert robustness_lookup(table, ident, "rose-ekfac", 6, 1, "mnist", 0.6) is None
+    assert read_robustness_table(tmp_path / "nowhere") is None
