@@ -3,6 +3,8 @@ missing results bundle and the button that computes it here."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
@@ -20,6 +22,8 @@ PAGES = [  # (script relative to app.py, label, icon)
     ("pages/6_methods.py", "Methods", ":material/balance:"),
     ("pages/7_your_data.py", "Your data", ":material/folder_open:"),
 ]
+ICON = Path(__file__).with_name("icon.png")
+"""The browser tab's icon (a flower, drawn for the app)."""
 INSTALL_HINT = "pip install -e '.[app]'  (or: pip install -r requirements.txt)"
 
 
@@ -34,7 +38,8 @@ def page_setup(title: str) -> None:
     (``client.showSidebarNavigation`` off, also set in ``.streamlit/config.toml``) so the labels
     and icons are the same whichever page a visitor opens first.
     """
-    st.set_page_config(page_title=f"{title} · ROSE Studio", page_icon=":material/local_florist:", layout="wide")
+    # a local icon file: a ":material/…:" icon is fetched by the browser from fonts.gstatic.com (offline: an error)
+    st.set_page_config(page_title=f"{title} · ROSE Studio", page_icon=str(ICON), layout="wide")
     for option, value in (("client.showSidebarNavigation", False), ("client.toolbarMode", "minimal")):
         try:
             st.set_option(option, value)
