@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        _register_user_datasets()
         return int(args.func(args) or 0)
     except RoseError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
@@ -163,6 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (this is a bug; rerun with -v for the "
               "traceback and report it)", file=sys.stderr)
         return 1
+
+
+def _register_user_datasets() -> None:
+    """Datasets imported from the user's folders (:mod:`rose_core.user_data`) are registry datasets for every
+    command (``--dataset user-…``, a user model's card); nothing is imported when there are none."""
+    from rose_core.user_data import register_user_datasets, user_data_dir
+
+    if user_data_dir().is_dir():
+        register_user_datasets()
 
 
 def _one_line(exc: BaseException) -> str:
