@@ -309,6 +309,12 @@ class ScoreSummary:
     def images_per_second(self) -> float:
         return self.scored / self.seconds if self.seconds > 0 else float("nan")
 
+    @property
+    def idle_fraction(self) -> float:
+        """Share of the run the scorer spent waiting for decoded batches (``wait_seconds / seconds``;
+        the slowest rank's): near 0 when the decoding workers keep the model busy."""
+        return self.wait_seconds / self.seconds if self.seconds > 0 else float("nan")
+
 
 def _nll_description(model) -> str:
     kind = getattr(model, "kind", type(model).__name__)

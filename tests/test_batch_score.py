@@ -294,3 +294,13 @@ def test_folder_listing(tmp_path):
         folder_inputs(tmp_path, ["webp"])
     inputs = ImageInputs("dataset", [0, 1, 2], "d", images=np.zeros((3, 4, 4, 1), np.uint8))
     assert inputs.limit(2).keys == [0, 1] and inputs.key_column == "index"
+
+
+def test_summary_idle_fraction_is_the_share_spent_waiting_for_decoded_batches():
+    from rose_core.batch_score import ScoreSummary
+
+    s = ScoreSummary(inputs=10, already_done=0, scored=10, errors=0, seconds=4.0, threshold=1.0,
+                     out=Path("x.parquet"), wait_seconds=1.0, model_seconds=2.5)
+    assert s.idle_fraction == pytest.approx(0.25)
+    assert np.isnan(ScoreSummary(inputs=0, already_done=0, scored=0, errors=0, seconds=0.0, threshold=1.0,
+                                 out=Path("x.parquet")).idle_fraction)
