@@ -73,6 +73,10 @@ class TrainConfig:
     """Channels of the model (1 or 3); None: inferred from the files of ``data``, or the preset's."""
     extensions: list[str] | None = None
     """Only files with these extensions in ``data`` (None: every non-hidden file)."""
+    compile: bool = False
+    """Run the training loss through ``torch.compile`` (same maths, fused kernels; the first steps
+    pay the compilation). ``benchmarks/bench_train.py`` measures on the machine at hand whether it
+    pays (``results/benchmarks/train.json``); off by default because it needs a C++ compiler."""
     on_progress: Callable[[dict], None] | None = None
 
 
@@ -227,6 +231,7 @@ def train(cfg: TrainConfig) -> dict:
     channels = model.config.channels
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    loss_fn = torch.compile(model.training_loss) if cfg.compile else model.training_loss
     t0 = time.time()
     skipped = 0
     epoch = start_epoch
@@ -249,7 +254,7 @@ def train(cfg: TrainConfig) -> dict:
             lr = _lr_at(cfg, base_lr, epoch, step - warmup_origin, steps_per_epoch)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            loss = model.training_loss(xb).mean()
+            loss = loss_fn(xb).mean()
             if not torch.isfinite(loss):  # syncs with a GPU each step; worth it to never store NaN weights
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
