@@ -36,10 +36,20 @@ app: data
 test: data
 	$(PY) -m pytest -q
 
-bench: data
+# The peer libraries (BackPACK, Opacus, nngeometry) are benchmark-only: the `bench` extra of
+# pyproject.toml, installed here and never by `make app` / `make test`.
+$(STAMPS)/bench: pyproject.toml $(STAMPS)/venv
+	$(PY) -m pip install -q -e '.[bench]'
+	@touch $@
+
+bench: data $(STAMPS)/bench
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_rose.py
 	$(PY) benchmarks/bench_baselines.py
+	$(PY) benchmarks/bench_peers.py
+	$(PY) benchmarks/bench_peers.py --profile
+	$(PY) benchmarks/bench_fit.py
+	$(PY) benchmarks/bench_score.py
 
 report: data
 	$(PY) -m rose_core report
