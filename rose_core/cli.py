@@ -68,7 +68,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, subset=args.subset, device=args.device,
                       resume=not args.no_resume, max_minutes=args.max_minutes, noise_fraction=args.noise_fraction,
                       l2=args.l2, capacity=args.capacity, eval_subset=args.eval_subset, progress=not args.quiet,
-                      data=args.data, channels=args.channels,
+                      data=args.data, channels=args.channels, compile=args.compile,
                       extensions=[e for e in args.ext.split(",") if e] if args.ext else None)
     if args.data is not None and args.dataset is not None:
         from rose_core.errors import InvalidInput
@@ -76,6 +76,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg.dataset = cfg.dataset or "fashion-mnist"
     card = train(cfg)
     print({k: card[k] for k in ("epochs", "test_bits_per_dim", "train_seconds") if k in card})
+    return 0
+
+
+def _cmd_train_classifier(args: argparse.Namespace) -> int:
+    import torch
+
+    from rose_core.classifier_training import ClassifierTrainConfig, train_classifier
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    card = train_classifier(ClassifierTrainConfig(
+        architecture=args.arch, out=args.out, epochs=args.epochs, subset=args.subset, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, test_images=args.test_images, resume=not args.no_resume, progress=not args.quiet))
+    print({k: card[k] for k in ("epochs", "train_images", "test_accuracy", "train_seconds")})
     return 0
 
 
@@ -129,9 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-fraction", type=float, default=0.0, help="background model: fraction of random pixels")
     p.add_argument("--l2", type=float, default=0.0)
     p.add_argument("--capacity", type=float, default=1.0)
+    p.add_argument("--compile", action="store_true",
+                   help="run the training loss through torch.compile (see benchmarks/bench_train.py for whether it pays)")
     p.add_argument("--eval-subset", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("train-classifier", help="train a Figure 6 classifier on Fashion-MNIST (CPU budget)")
+    p.add_argument("--arch", required=True, choices=["basic-cnn", "vgg11", "resnet18"])
+    p.add_argument("--out", required=True, help="checkpoint path without extension, e.g. checkpoints/cls-vgg11-fmnist")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--subset", type=int, default=None, help="train on a seeded subset of this many images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-images", type=int, default=2000,
+                   help="test accuracy on this many images of the test split's evaluation half")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train_classifier)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

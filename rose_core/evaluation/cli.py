@@ -168,7 +168,10 @@ def cli_evaluate(args) -> int:
     from rose_core.evaluation.harness import Evaluation
 
     cli_checks.checkpoint_exists("--checkpoint", args.checkpoint)
-    presets, settings = settings_from_args(args, read_card(args.checkpoint)["kind"])
+    kind = read_card(args.checkpoint)["kind"]
+    if kind == "classifier" or "figure6" in (_csv(args.preset) or []):
+        return _evaluate_classifier(args, kind)
+    presets, settings = settings_from_args(args, kind)
     ev = Evaluation(args.checkpoint, args.results, settings, show_progress=not args.quiet)
     for preset in presets:
         t0 = time.perf_counter()
@@ -183,4 +186,28 @@ def cli_evaluate(args) -> int:
         ev._write_manifest()
     for what, why in ev.bundle.manifest.get("missing", {}).items():
         print(f"skipped {what}: {why}")
+    return 0
+
+
+def _evaluate_classifier(args, kind: str) -> int:
+    """``evaluate --preset figure6`` on a classifier checkpoint (:mod:`rose_core.evaluation.figure6`):
+    ``--n-fit`` Fisher images, ``--n-norm`` calibration images, ``--n-in`` (default 500) and ``--n-ood``."""
+    from rose_core import cli_checks
+    from rose_core.evaluation.figure6 import figure6
+
+    presets = _csv(args.preset) or ["figure6"]
+    if kind != "classifier" or presets != ["figure6"]:
+        raise InvalidInput(f"--preset figure6 is the one preset for classifier checkpoints; {args.checkpoint} is a "
+                           f"{kind!r} checkpoint and --preset is {args.preset or 'the default'}.")
+    for option, value in (("--n-fit", args.n_fit), ("--n-norm", args.n_norm), ("--n-in", args.n_in or 500),
+                          ("--n-ood", args.n_ood), ("--batch-size", args.batch_size)):
+        cli_checks.at_least(option, value, 2 if option != "--batch-size" else 1)
+    _datasets(_csv(args.ood_sets), "--ood-sets")
+    cli_checks.writable_folder("--results", results_root(args.results))
+    t0 = time.perf_counter()
+    out = figure6(args.checkpoint, args.results, n_fisher=args.n_fit, n_calibration=args.n_norm,
+                  n_in=args.n_in or 500, n_ood=args.n_ood, ood_sets=_csv(args.ood_sets) or None,
+                  batch_size=args.batch_size, seed=args.seed)
+    print(f"== figure6 on {args.checkpoint}: {time.perf_counter() - t0:.0f} s")
+    print(out.pivot(index="layer", columns="ood_set", values="auroc").round(3).to_string())
     return 0

@@ -20,7 +20,11 @@ PRESETS: dict[str, str] = {
     "layerwise": "layer-wise AUROC per layer and OOD set, DIAG and EKFAC (Appendix D)",
     "stress": "stress suite: AUROC on the ood group, false alarms at 95 % TPR (threshold from the calibration "
               "half) on the benign and covariate groups and on the in-distribution evaluation images",
+    "figure6": "classifiers only: layer-wise ROSE-DIAG AUROC (cross-entropy at the predicted label, every "
+               "conv/linear layer) vs MNIST, KMNIST and NotMNIST or their stand-ins (Figure 6)",
 }
+CLASSIFIER_PRESETS = ("figure6",)
+"""The presets for classifier checkpoints (``kind: "classifier"``); every other preset is for generative models."""
 
 
 def check_preset(preset: str) -> str:
@@ -37,5 +41,9 @@ def run_preset(preset: str, checkpoint: str | os.PathLike, results: str | os.Pat
     from rose_core.evaluation.harness import Evaluation
 
     check_preset(preset)
+    if preset == "figure6":
+        from rose_core.evaluation.figure6 import figure6
+
+        return figure6(checkpoint, results, progress=progress, **options)
     ev = Evaluation(checkpoint, results, settings, progress, show_progress)
     return getattr(ev, preset.replace("-", "_"))(**options)
