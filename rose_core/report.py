@@ -24,7 +24,7 @@ from rose_core.reporting.context import Context
 from rose_core.results import bundles, results_root
 
 
-SECTIONS = [overview.cannot_run, overview.checkpoints, overview.ood_sets, overview.settings, overview.headline,
+SECTIONS = [overview.cannot_run, overview.comparison, overview.checkpoints, overview.ood_sets, overview.settings, overview.headline,
             tables.vae_tables, tables.glow_tables, tables.capacity, tables.fisher_kinds,
             experiments.brightness, experiments.perturbations, experiments.measurements, experiments.stress,
             overview.reproduce]

@@ -220,6 +220,26 @@ def test_report_reads_numbers_through_the_reader(bundle, tmp_path):
     assert "| `vae-fmnist` | vae | fashion-mnist | 3 |" in text
 
 
+def test_report_compares_each_model_with_the_paper(bundle, tmp_path):
+    from rose_core.reporting.overview import comparison_table
+
+    table = comparison_table({"vae-fmnist": bundle})
+    row = next(line for line in table.splitlines() if line.startswith("| `vae-fmnist`"))
+    assert "| 3 (100) |" in row                                              # epochs, ours (paper)
+    assert "NLL on MNIST: **0.200** (0.161)" in row and "ROSE-EKFAC on MNIST: **0.900** (0.995)" in row
+    assert "ROSE-EKFAC on Overall: **0.920** (0.999)" in row
+    assert "## Ours vs the paper, per model" in build_report(tmp_path / "results", tmp_path / "none")
+    # a CIFAR-10 model is compared with the paper's CIFAR-10 rows; SVHN through its stand-in
+    cifar = Results(tmp_path / "results" / "vae-cifar10")
+    cifar.write("metrics", pd.DataFrame([_metric("rose-ekfac", "digits-on-photos", 0.75),
+                                         _metric("nll", "digits-on-photos", 0.3)]))
+    cifar.write_manifest({"checkpoint": {"name": "vae-cifar10", "card": {"kind": "vae", "dataset": "cifar10-subset",
+                                                                         "epochs": 7, "train_images": 5085}}})
+    row = comparison_table({"vae-cifar10": Results(cifar.folder)}).splitlines()[-1]
+    assert "| 7 (100) | 5,085 (50,000) |" in row
+    assert "ROSE-EKFAC on SVHN → digits-on-photos †: **0.750** (0.907)" in row and "(0.081)" in row
+
+
 def test_report_without_bundles(tmp_path):
     text = build_report(tmp_path / "empty", tmp_path / "none")
     assert "## What could not be run" in text and "## Table 3 (capacity)" in text and "## Table 2 (VAE" not in text
