@@ -21,6 +21,7 @@ PAGES = [  # (script relative to app.py, label, icon)
     ("pages/5_robustness.py", "Robustness", ":material/contrast:"),
     ("pages/6_methods.py", "Methods", ":material/balance:"),
     ("pages/7_your_data.py", "Your data", ":material/folder_open:"),
+    ("pages/8_classifiers.py", "Classifiers", ":material/stacked_line_chart:"),
 ]
 ICON = Path(__file__).with_name("icon.png")
 """The browser tab's icon (a flower, drawn for the app)."""

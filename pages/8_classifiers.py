@@ -1,0 +1,101 @@
+"""Classifiers (Figure 6): layer-wise ROSE AUROC of classifiers trained on Fashion-MNIST, one panel per network,
+AUROC vs layer depth with one line per OOD set."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from rose_core.checkpoint import list_checkpoints, read_card
+from rose_core.errors import RoseError
+from rose_core.labels import dataset_label, stand_in_note
+from rose_core.results import Results
+from studio import widgets as ui
+from studio.paths import checkpoints_dir, results_dir
+
+TITLES = {"basic-cnn": "Basic CNN", "vgg11": "VGG-11", "resnet18": "ResNet-18"}
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+
+
+def classifiers() -> dict[str, dict]:
+    """Classifier checkpoints (``kind: "classifier"``) in the checkpoints folder, by name."""
+    found = {}
+    for p in list_checkpoints(checkpoints_dir()):
+        try:
+            card = read_card(p)
+        except RoseError:
+            continue
+        if card.get("kind") == "classifier":
+            found[p.name[: -len(".json")]] = card
+    return found
+
+
+def curves(bundle: Results) -> pd.DataFrame:
+    """The bundle's layer-wise AUROC with each layer's depth (from the manifest); empty when not computed."""
+    lm = bundle.table("layer_metrics")
+    depths = (bundle.meta.get("figure6") or {}).get("layer_depths") or {}
+    if lm.empty or not depths:
+        return pd.DataFrame()
+    lm = lm[lm["fisher"] == "diag"].assign(depth=lambda d: d["layer"].map(depths))
+    return lm.dropna(subset=["depth"]).sort_values(["ood_set", "depth"])
+
+
+ui.page_setup("Classifiers")
+st.title("Classifiers: ROSE layer by layer (Figure 6)")
+st.markdown("ROSE scores any model with a per-sample loss. For a classifier the paper uses the cross-entropy at the "
+            "**predicted** label and the DIAG Fisher, and reads each layer's score alone: how well does layer *l* "
+            "separate Fashion-MNIST test images from MNIST, KMNIST and NotMNIST? Its finding: in a shallow CNN the "
+            "AUROC rises with depth; in VGG and ResNet it rises, then falls at the deepest layers.")
+nets = classifiers()
+if not nets:
+    st.info(f"No classifier checkpoint in `{checkpoints_dir()}`. Train one with "
+            "`python -m rose_core train-classifier --arch basic-cnn --epochs 2 --subset 20000 --out "
+            "checkpoints/cls-basic-cnn-fmnist`.")
+    st.stop()
+order = sorted(nets, key=lambda n: (list(TITLES).index(nets[n]["config"]["architecture"])
+                                    if nets[n]["config"]["architecture"] in TITLES else 99, n))
+ready, missing = {}, []
+for name in order:
+    c = curves(Results(results_dir() / name, strict=False))
+    (ready.__setitem__(name, c) if not c.empty else missing.append(name))
+
+if ready:
+    sets = sorted({s for c in ready.values() for s in c["ood_set"]})
+    fig = make_subplots(rows=1, cols=len(ready), shared_yaxes=True, subplot_titles=[
+        f"{TITLES.get(nets[n]['config']['architecture'], n)} (test accuracy {nets[n].get('test_accuracy', 0):.1%})"
+        for n in ready])
+    for col, (name, c) in enumerate(ready.items(), start=1):
+        for k, s in enumerate(sets):
+            part = c[c["ood_set"] == s]
+            fig.add_trace(go.Scatter(x=part["depth"], y=part["auroc"], mode="lines+markers", name=dataset_label(s),
+                                     legendgroup=s, showlegend=col == 1, line=dict(color=COLOURS[k % len(COLOURS)]),
+                                     customdata=part["layer"],
+                                     hovertemplate="layer %{customdata} (depth %{x})<br>AUROC %{y:.3f}<extra>"
+                                                   + dataset_label(s) + "</extra>"), row=1, col=col)
+        fig.update_xaxes(title_text="layer depth", dtick=1 if c["depth"].max() <= 10 else 2, row=1, col=col)
+    fig.update_yaxes(title_text="AUROC of the layer's score", row=1, col=1)
+    fig.update_layout(title="Layer-wise ROSE-DIAG AUROC, Fashion-MNIST test vs each OOD set", height=420,
+                      legend=dict(orientation="h", y=-0.25))
+    st.plotly_chart(fig, key="cls_figure6")
+    rows = []
+    for name, c in ready.items():
+        card, meta = nets[name], Results(results_dir() / name, strict=False).meta.get("figure6", {})
+        rows.append({"checkpoint": name, "network": TITLES.get(card["config"]["architecture"], name),
+                     "test accuracy": card.get("test_accuracy"), "training budget": card.get("budget"),
+                     "training time (s)": card.get("train_seconds"),
+                     "Fisher / calibration / in / OOD images": f"{meta.get('n_fisher')} / {meta.get('n_calibration')} / "
+                                                               f"{meta.get('n_in')} / {meta.get('n_ood')} per set",
+                     "best layer (mean AUROC)": c.groupby("layer")["auroc"].mean().idxmax()})
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    note = stand_in_note(sets)
+    if note:
+        st.caption(f"Offline stand-ins (not the paper's data): {note}.")
+    st.caption("Depth counts the convolutions and the one fully-connected layer in forward order (ResNet's 1×1 "
+               "shortcut convolutions where they run). Each AUROC uses one layer's raw score alone; OOD is the "
+               "positive class. The networks were trained for a few epochs on this CPU (the budget column), far "
+               "less than the paper's.")
+for name in missing:
+    st.info(f"`{name}` has no Figure 6 results yet.")
+    ui.compute_button(name, "figure6")
