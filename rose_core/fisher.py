@@ -56,10 +56,12 @@ same input tensor and have bit-identical ``A`` (the μ and log σ² heads) share
 ``eigh`` and one rotated ``h̃``. Otherwise the whole batch's ``h`` and ``δ`` are
 rotated with one large matrix product each, then ``G̃`` is built block by block
 (cache-sized on the CPU, bounded memory everywhere) and ``s`` is a
-matrix-vector product of the squared block with ``1/(Σ+λ)``. Measured on the
-paper-size FMNIST VAE (2-core CPU, one thread, batch 128): the whole EKFAC
-preconditioning of the five encoder layers costs about 16% of a forward+backward
-pass; DIAG about 4%.
+matrix-vector product of the squared block with ``1/(Σ+λ)``. ``h`` arrives as a
+transposed view of a position-major ``(N, T, D)`` tensor (:func:`rose_core.pergrad.unfold`), so
+rotating it is one ``(N·T, D) @ U_A`` product per batch, as is the Gram ``Σ h hᵀ``. Where the time
+goes on the paper-size FMNIST VAE (preconditioning against the model's own forward and
+activation-only backward): ``results/benchmarks/profile.txt``, written by
+``benchmarks/bench_peers.py --profile``.
 """
 
 from __future__ import annotations
