@@ -208,3 +208,21 @@ HEADLINES: dict[tuple[str, str], list[tuple[str, str, str]]] = {
 """The headline AUROCs per (model kind, training distribution): (method, paper set, paper table).
 The paper's Figure 3 (NLL vs ROSE on MNIST / SVHN) and its Overall rows."""
 
+
+
+def key_ood_set(kind: str | None, dataset: str | None, sets: list[str]) -> str | None:
+    """The OOD set of a model's key figure: the paper's (MNIST for Fashion-MNIST models, SVHN for
+    CIFAR-10 models) or its stand-in when the bundle has it, else MNIST, else the first of ``sets``."""
+    from rose_core.data import get_card
+    from rose_core.errors import UnknownDataset
+
+    try:
+        distribution = get_card(dataset).distribution_name if dataset else None
+    except UnknownDataset:
+        distribution = dataset
+    headline = HEADLINES.get((kind, distribution))
+    if headline:
+        found = ours_set(headline[0][1], set(sets))
+        if found:
+            return found
+    return "mnist" if "mnist" in sets else (sets[0] if sets else None)

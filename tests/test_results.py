@@ -407,3 +407,13 @@ def test_report_stress_section_and_default_fit_description(bundle, tmp_path):
     assert "| ROSE-EKFAC | 4.0 % | 5.0 % | 66.0 % |" in section               # false alarms, in-dist first
     assert "stress-fmnist-jpeg75 (covariate)" in section and "real distribution shift" in section
     assert "Thresholds: other methods: threshold_at_tpr." in section
+
+
+def test_key_figure_set_follows_the_paper_for_the_model():
+    from rose_core.paper import key_ood_set
+
+    assert key_ood_set("vae", "fashion-mnist", ["digits-on-photos", "mnist"]) == "mnist"
+    assert key_ood_set("vae", "cifar10-subset", ["digits-on-photos", "mnist"]) == "digits-on-photos"  # SVHN stand-in
+    assert key_ood_set("vae", "cifar10-subset", ["svhn", "digits-on-photos"]) == "svhn"              # the real set first
+    assert key_ood_set("vae", "cifar10-subset", ["noise", "mnist"]) == "mnist"
+    assert key_ood_set("vae", "a-users-folder", ["noise"]) == "noise" and key_ood_set(None, None, []) is None
