@@ -144,12 +144,13 @@ test that fired.
 
     st.subheader("Datasets on this machine")
     table = state.datasets_table(str(data_dir()))
-    st.dataframe(table[["dataset", "title", "real data", "stands in for", "available here", "how to get it"]],
-                 hide_index=True, column_config={
-                     "real data": st.column_config.CheckboxColumn(help="False: an offline stand-in or generated data"),
-                     "available here": st.column_config.CheckboxColumn(help="Cached, or buildable offline now")})
+    yes_no = {True: "yes", False: "no"}
+    # a static table: its long "how to get it" texts wrap instead of being cut (a data grid cuts them)
+    st.table(table.assign(**{c: table[c].map(yes_no) for c in ("real data", "available here")})[
+        ["dataset", "title", "real data", "stands in for", "available here", "how to get it"]].set_index("dataset"))
     st.caption("Stand-ins are named as such and never carry the real dataset's name. Build every cache with "
                "`make data`.")
+    state.warm_up(name)  # the Score page's scorer, loaded while the user reads this page
 
 
 ui.page_setup("Home")

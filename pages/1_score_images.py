@@ -16,11 +16,14 @@ from studio import glossary, state
 from studio import uploads
 from studio import verdict as verdict_words
 from studio import widgets as ui
-from studio.format import upscale
+from studio.format import export_name, upscale
 from studio.paths import data_dir
 from studio.verdict import p_text
 
-MAX_CARDS = 24
+MAX_CARDS = 8
+"""Images shown with a detail card (each draws a chart); the table, the CSV and the comparison hold them all."""
+SHRINK_NOTE = 2
+"""An upload more than this many times the model's input size on a side gets a note that it was shrunk."""
 JPEG_FORMATS = ("JPEG", "MPO")
 
 name, card = ui.open_page("Score images")
@@ -65,6 +68,12 @@ if source == "Upload files":
             continue
         for note in u.notes:
             st.warning(f"**{u.name}**: {note}", icon=":material/info:")
+        size = int((card.get("config") or {}).get("image_size", 32))
+        h, w = u.array.shape[:2]
+        if max(h, w) > SHRINK_NOTE * size:
+            st.warning(f"**{u.name}**: shrunk from {w}×{h} to {size}×{size} pixels, the model's input size (shorter side "
+                       f"to {size}, then the centre cropped), so fine detail is lost; the verdict is about the "
+                       "shrunk image shown in its card.", icon=":material/info:")
         if u.format in JPEG_FORMATS:
             jpegs.append(u.name)
         images.append(u.array)
@@ -132,30 +141,43 @@ if live.fit_source != "bundle":
                "fit of this definition for this model.")
 
 frame = result.to_frame(threshold=threshold, tpr=tpr)
-summary = frame[["image", "verdict", "fired", f"{live.method}_score", "p_rose", "p_typicality", "p_combined",
-                 "nll_nats", "bits_per_dim"]]
 n_ood = int(verdicts.sum())
 st.subheader(f"{len(result)} image(s) scored: {n_ood} OOD, {len(result) - n_ood} in-distribution")
-st.dataframe(summary, hide_index=True, column_config={
-    "fired": st.column_config.TextColumn("test that fired", help=glossary.tip("typicality")),
-    f"{live.method}_score": st.column_config.NumberColumn("ROSE score", format="%.3f", help=glossary.tip("rose_score")),
-    "p_rose": st.column_config.NumberColumn("p ROSE", format="%.4f", help=glossary.tip("p_value")),
-    "p_typicality": st.column_config.NumberColumn("p typicality", format="%.4f", help=glossary.tip("typicality")),
-    "p_combined": st.column_config.NumberColumn("p combined", format="%.4f", help=glossary.tip("p_value")),
-    "nll_nats": st.column_config.NumberColumn("NLL (nats)", format="%.1f", help=f"{result.nll_kind}. "
-                                              + glossary.tip("iwae" if result.nll_kind.startswith("IWAE") else "nll")),
-    "bits_per_dim": st.column_config.NumberColumn("bits/dim", format="%.3f", help=glossary.tip("bits_per_dim"))},
-    key="score_table")
-st.download_button("Download all results (CSV)", frame.to_csv(index=False).encode(), file_name=f"rose-{name}.csv",
-                   mime="text/csv", key="score_csv")
+VERDICT_COLOURS = {"OOD": "background-color: #f8d0d0", "in-distribution": "background-color: #c7e9c0"}
+image_column = st.column_config.TextColumn("image", width="medium")
+# two narrow tables rather than one that scrolls sideways: the verdicts, then the p-values
+verdict_table = frame[["image", "verdict", "fired", f"{live.method}_score", "nll_nats"]]
+st.dataframe(verdict_table.style.map(lambda v: VERDICT_COLOURS.get(v, ""), subset=["verdict"]), hide_index=True,
+             column_config={
+                 "image": image_column,
+                 "fired": st.column_config.TextColumn("test that fired", help=glossary.tip("typicality")),
+                 f"{live.method}_score": st.column_config.NumberColumn("ROSE score", format="%.3f",
+                                                                       help=glossary.tip("rose_score")),
+                 "nll_nats": st.column_config.NumberColumn("NLL (nats)", format="%.1f", help=f"{result.nll_kind}. "
+                                                           + glossary.tip("iwae" if result.nll_kind.startswith("IWAE")
+                                                                          else "nll"))},
+             key="score_table")
+st.dataframe(frame[["image", "p_rose", "p_typicality", "p_combined", "bits_per_dim"]], hide_index=True,
+             column_config={
+                 "image": image_column,
+                 "p_rose": st.column_config.NumberColumn("p ROSE", format="%.4f", help=glossary.tip("p_value")),
+                 "p_typicality": st.column_config.NumberColumn("p typicality", format="%.4f",
+                                                               help=glossary.tip("typicality")),
+                 "p_combined": st.column_config.NumberColumn("p combined", format="%.4f", help=glossary.tip("p_value")),
+                 "bits_per_dim": st.column_config.NumberColumn("bits/dim", format="%.3f",
+                                                               help=glossary.tip("bits_per_dim"))},
+             key="score_p_table")
+st.download_button("Download all results (CSV)", frame.to_csv(index=False).encode(),
+                   file_name=export_name(name, fisher, verdict), mime="text/csv", key="score_csv")
 
-if len(result) > MAX_CARDS:
-    st.caption(f"Details for the first {MAX_CARDS} images; the table and the CSV hold all {len(result)}.")
 # the per-layer z threshold equals the verdict's only for ROSE alone with a plain max of the z-scores
 flat = (result.verdict_test == "rose" and live.rose.p == math.inf and live.rose.aggregation == "relu"
         and np.all(np.asarray(live.rose.beta) == 0))
 jpeg_names = set(jpegs)
-for i in range(min(len(result), MAX_CARDS)):
+
+
+def image_card(i: int, key: str, y_range: list[float] | None = None) -> None:
+    """One image's card: the model input, the verdict and what fired, the ROSE score, NLL and per-layer z-scores."""
     v = verdict_words.describe(str(fired[i]), result.p_value[i], result.p_typicality[i], result.p_combined[i],
                                result.verdict_test)
     with st.container(border=True):
@@ -167,6 +189,36 @@ for i in range(min(len(result), MAX_CARDS)):
                      f"NLL **{result.nll_nats[i]:.1f}** nats = **{result.bits_per_dim[i]:.3f}** bits/dim"
                      + ("  \n_JPEG upload: re-encoding alone can shift it (see the note above)._"
                         if result.names[i] in jpeg_names else ""))
-        right.plotly_chart(charts.zscore_figure([glossary.layer_label(n) for n in result.layer_names],
-                                                result.layer_z[i], threshold if flat else None,
-                                                "per-layer z-scores"), key=f"z_{i}")
+        fig = charts.zscore_figure([glossary.layer_label(n) for n in result.layer_names], result.layer_z[i],
+                                   threshold if flat else None, "per-layer z-scores")
+        if y_range is not None:
+            fig.update_yaxes(range=y_range)
+        right.plotly_chart(fig, key=key)
+
+
+if len(result) >= 2:
+    st.subheader("Compare two images")
+    labels = [f"{i + 1}. {n}" for i, n in enumerate(result.names)]
+    for k, default in (("score_cmp_a", 0), ("score_cmp_b", 1)):
+        if st.session_state.get(k) not in labels:  # new images: start from the first two
+            st.session_state[k] = labels[default]
+    k1, k2 = st.columns(2)
+    picks = [k1.selectbox("Left", labels, key="score_cmp_a"), k2.selectbox("Right", labels, key="score_cmp_b")]
+    pair = [labels.index(p) for p in picks]
+    z = result.layer_z[pair]
+    lo, hi = float(min(z.min(), 0.0)), float(max(z.max(), threshold if flat else 0.0))
+    span = [lo - 0.1 * (hi - lo + 1e-9), hi + 0.15 * (hi - lo + 1e-9)]
+    for col, i, side in zip((k1, k2), pair, ("a", "b")):
+        with col:
+            image_card(i, key=f"cmp_{side}", y_range=span)
+    st.caption("Side by side, on one z-score scale. " + (
+        "The ROSE score is the largest per-layer z-score above zero: how many standard deviations the most unusual "
+        "layer is from held-out in-distribution images." if flat else
+        "The ROSE score aggregates the per-layer z-scores (see the glossary)."), help=glossary.tip("rose_score"))
+
+st.subheader("Every image")
+if len(result) > MAX_CARDS:
+    st.caption(f"Details for the first {MAX_CARDS} images; the table, the CSV and the comparison above hold all "
+               f"{len(result)}.")
+for i in range(min(len(result), MAX_CARDS)):
+    image_card(i, key=f"z_{i}")

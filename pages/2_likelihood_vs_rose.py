@@ -24,10 +24,12 @@ if "nll" not in methods or not roses or not ood_sets:
                               state.main_preset(name))
     st.stop()
 
-c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+c1, c2 = st.columns([1, 1])
+c3, c4 = st.columns([1, 1])
 ood = c1.selectbox("OOD set", ood_sets, index=ood_sets.index("mnist") if "mnist" in ood_sets else 0,
                    format_func=dataset_label, key="lvr_ood")
-rose = c2.radio("ROSE Fisher", roses, format_func=method_label, key="lvr_rose", help=glossary.tips("ekfac", "diag"))
+rose = c2.radio("ROSE Fisher", roses, horizontal=True, format_func=method_label, key="lvr_rose",
+                help=glossary.tips("ekfac", "diag"))
 unit = c3.radio("NLL unit", ["nats", "bits/dim"], horizontal=True, key="lvr_unit",
                 help=glossary.tips("nll", "bits_per_dim"))
 bins = c4.slider("Bins", 10, 120, 50, 5, key="lvr_bins")

@@ -6,6 +6,7 @@ import streamlit as st
 
 from rose_core import charts
 from rose_core.labels import dataset_label, method_label
+from rose_core.methods import method_short
 from studio import glossary, provenance, state
 from studio import widgets as ui
 
@@ -18,10 +19,10 @@ ood_sets, methods = b.ood_sets(), b.methods()
 if not ood_sets or not methods:
     ui.missing_bundle_message(name, "The ROC curves", state.main_preset(name))
     st.stop()
-c1, c2 = st.columns([1, 3])
+c1, _ = st.columns([1, 1])
 ood = c1.selectbox("OOD set", ood_sets, index=ood_sets.index("mnist") if "mnist" in ood_sets else 0,
                    format_func=dataset_label, key="roc_ood")
-chosen = c2.multiselect("Methods", methods, default=[m for m in methods if ":" not in m] or methods,
+chosen = st.multiselect("Methods", methods, default=[m for m in methods if ":" not in m] or methods,
                         format_func=method_label, key="roc_methods",
                         help="The harness's variants (e.g. other settings) are listed too, unselected.")
 if not chosen:
@@ -50,15 +51,20 @@ if scarce:
         f"**{method_label(m)}** rests on only {provenance.count_text(*table.set_index('method').loc[m, ['n_in', 'n_ood']])}"
         for m in scarce) + f" (under {provenance.FEW_IMAGES} on a side), so its AUROC is far less certain than the "
         "others'.", icon=":material/warning:")
-table.insert(0, "Method", table.pop("method").map(method_label))
-table["note"] = [f"⚠ few images ({provenance.count_text(i, o)})" if provenance.few(i, o) else ""
-                 for i, o in zip(table["n_in"], table["n_ood"])]
-st.dataframe(table.rename(columns={"auroc": "AUROC", "auprc_in": "AUPRC (in)", "auprc_out": "AUPRC (out)",
-                                   "fpr80": "FPR80", "n_in": "n in", "n_ood": "n OOD", "source": "source"}),
+shown = table.drop(columns=["source"]) if set(table["source"]) == {"bundle"} else table.copy()  # said when not
+shown.insert(0, "Method", shown.pop("method").map(method_short))
+shown["note"] = [f"⚠ {provenance.count_text(i, o)}" if provenance.few(i, o) else ""
+                 for i, o in zip(shown["n_in"], shown["n_ood"])]
+if not shown["note"].astype(bool).any():
+    shown = shown.drop(columns=["note"])
+st.dataframe(shown.rename(columns={"auroc": "AUROC", "auprc_in": "AUPRC (in)", "auprc_out": "AUPRC (out)",
+                                   "fpr80": "FPR80", "n_in": "n in", "n_ood": "n OOD"}),
              hide_index=True, key="roc_table",
              column_config={c: st.column_config.NumberColumn(format="%.3f", help=glossary.tip(k))
                             for c, k in (("AUROC", "auroc"), ("AUPRC (in)", "auprc_in"), ("AUPRC (out)", "auprc_in"),
-                                         ("FPR80", "fpr80"))})
+                                         ("FPR80", "fpr80"))} | {
+                 "note": st.column_config.TextColumn(help=f"⚠: fewer than {provenance.FEW_IMAGES} images on a side")})
+st.caption("Methods: " + "; ".join(f"{method_short(m)} = {method_label(m)}" for m in table["method"]) + ".")
 st.caption("Conventions (rose_core.metrics): AUROC and FPR80 treat OOD as the positive class; AUPRC (in) treats "
            "in-distribution as positive (the paper's Table 4), AUPRC (out) OOD. FPR80 = fraction of in-distribution "
            "images flagged at the threshold that catches 80% of the OOD images (lower is better).")

@@ -9,10 +9,11 @@ import streamlit as st
 from rose_core import charts
 from rose_core.errors import RoseError
 from rose_core.labels import PERTURBATION_LABELS, dataset_label, dataset_short, method_label
+from rose_core.methods import method_short
 from rose_core.results import method_order
 from studio import provenance, state
 from studio import widgets as ui
-from studio.format import best_styled, upscale
+from studio.format import by_method_tables, upscale
 from studio.paths import data_dir, env_int, evaluate_command
 
 LIVE_SEED = 1
@@ -41,7 +42,7 @@ METHOD = f"rose-{FISHER}"
 if not candidates:
     st.error("No OOD dataset is available on this machine; build the caches with `make data`.")
 else:
-    c1, c2, c3 = st.columns([2, 2, 1])
+    c1, c3 = st.columns([3, 2])
     every = bool(swept) and c3.checkbox("Every dataset here", key="rob_all_sets",
                                         help=f"Off: the OOD sets of the bundle's brightness sweep ({len(swept)}), whose "
                                              "live values are precomputed. On: every dataset on this machine; the "
@@ -49,11 +50,12 @@ else:
     sets = candidates if every or not swept else swept
     ood = c1.selectbox("OOD set", sets, index=sets.index("mnist") if "mnist" in sets else 0,
                        format_func=dataset_label, key="rob_ood")
+    c2, c4 = st.columns([3, 2])
     factor = c2.slider("Brightness factor (×)", 0.2, 1.8, 1.0, 0.2, format="%.1f×", key="rob_brightness",
                        help="Every OOD image's intensities are multiplied by this factor and clipped to 0–255; the "
                             "in-distribution images are left as they are (the paper's Table 1, steps of 0.2×).")
     factor = round(factor, 1)
-    live_on = c3.toggle("Live ROSE + likelihood", value=True, key="rob_live",
+    live_on = c4.toggle("Live ROSE + likelihood", value=True, key="rob_live",
                         help="ROSE and the likelihood on a small sample of test images drawn here, beside the "
                              "bundle's values: precomputed for the bundle's brightness sets (`python -m "
                              f"studio.precompute {name}`), computed here otherwise (cached per setting).")
@@ -162,11 +164,13 @@ variants = b.exposure_variants() if b.exists else None
 if variants is None or variants.empty:
     ui.missing_bundle_message(name, "The perturbation-trained baselines", "perturbations")
 else:
-    shown = variants.rename(index=method_label, columns=dataset_short)
-    st.dataframe(best_styled(shown), key="rob_variants")
+    for k, piece in enumerate(by_method_tables(variants.rename(index=method_short, columns=dataset_short), per=3)):
+        st.dataframe(piece, key=f"rob_variants_{k}")
     st.caption("AUROC of RND and the Likelihood Ratio when their perturbation is SVD blur, DCT blur, Gaussian "
                "blur or random pixels: which perturbation works depends on the OOD set — the paper's argument "
-               "against outlier exposure. Green = best in each column. ROSE needs no perturbation.")
+               "against outlier exposure. One row per OOD set; green = the best variant for the set. "
+               + "; ".join(f"{method_short(m)} = {method_label(m)}" for m in variants.index)
+               + ". ROSE needs no perturbation.")
 
 # --- 4. Figure 5 --------------------------------------------------------------------------
 st.subheader("AUROC vs number of Fisher samples (Figure 5)")

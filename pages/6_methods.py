@@ -6,9 +6,10 @@ import streamlit as st
 
 from rose_core import charts
 from rose_core.labels import JPEG_NOTE, METRIC_LABELS, dataset_label, dataset_short, method_label, stand_in_note
+from rose_core.methods import method_short
 from studio import glossary, state
 from studio import widgets as ui
-from studio.format import best_styled, device_text, number_text, rate_text
+from studio.format import best_styled, by_method_tables, device_text, number_text, rate_text
 
 name, _ = ui.open_page("Methods")
 b = ui.require_bundle(name, ("metrics",), "This page", state.main_preset(name))
@@ -21,15 +22,27 @@ table = b.comparison(metric)
 if table.empty:
     ui.missing_bundle_message(name, "The comparison table", state.main_preset(name))
     st.stop()
-shown = table.rename(index=method_label, columns=dataset_short)
 lower_better = metric.startswith("fpr")
+main = table.loc[[m for m in table.index if ":" not in str(m)]]
+sets = [c for c in main.columns if not str(c).startswith("stress-")]  # the stress sets have their own section
 st.subheader(f"{METRIC_LABELS[metric]} per OOD set")
-st.dataframe(best_styled(shown, lower_better), key="methods_table")
-note = stand_in_note(table.columns)
-st.caption(f"In-distribution: {dataset_label(b.in_dist())}. Green = best in each column "
-           f"({'lower' if lower_better else 'higher'} is better). Overall = up to 1000 images of each OOD set, "
-           "pooled (section 5.1). "
-           + (f"Offline stand-ins and samples (not the paper's data): {note}." if note else ""))
+pieces = by_method_tables(main[sets].rename(index=method_short, columns=dataset_short), lower_better)
+for k, piece in enumerate(pieces):
+    st.dataframe(piece, key=f"methods_table_{k}")
+note = stand_in_note(sets)
+st.caption(f"In-distribution: {dataset_label(b.in_dist())}. One row per OOD set, one column per method (split in "
+           f"pieces to fit the page); green = the best method for the set ({'lower' if lower_better else 'higher'} is "
+           "better). Overall = up to 1000 images of each OOD set, pooled (section 5.1). Methods: "
+           + "; ".join(f"{method_short(m)} = {method_label(m)}" for m in main.index) + ". "
+           + (f"Offline stand-ins and samples (not the paper's data): {note}. " if note else "")
+           + "The stress sets are in the stress suite below.")
+variants = table.loc[[m for m in table.index if ":" in str(m)]]
+if len(variants):
+    with st.expander(f"The harness's {len(variants)} variants (other settings of a method)"):
+        cols = [c for c in ("overall", "mnist") if c in variants.columns]
+        st.dataframe(best_styled(variants[cols].rename(index=method_label, columns=dataset_short), lower_better),
+                     key="methods_variants")
+        st.caption("Overall and MNIST only; every set is in the bundle (`rose_core.results.Results.comparison`).")
 
 st.subheader("Throughput vs Overall AUROC")
 tv = b.throughput_view()
@@ -61,14 +74,17 @@ else:
     if not ood.empty:
         st.markdown("**AUROC on sets that should be flagged** (noise, black/white, inverted, rotated, blurred, "
                     "thin digits) against the in-distribution evaluation images")
-        st.dataframe(best_styled(ood.rename(index=method_label, columns=dataset_label)), key="methods_stress_ood")
+        for k, piece in enumerate(by_method_tables(ood.rename(index=method_short), per=4)):
+            st.dataframe(piece, key=f"methods_stress_ood_{k}")
+        st.caption("Stress sets: " + "; ".join(f"{d} = {dataset_label(d)}" for d in ood.columns) + ".")
     fa = b.stress_view(("in-distribution", "benign", "covariate"))
     if not fa.empty:
         groups = fa.attrs["groups"]
-        shown = fa.rename(index=method_label, columns=lambda d: f"{dataset_label(d)} ({groups[d]})")
+        shown = fa.rename(index=method_short, columns=lambda d: f"{d} ({groups[d]})")
         st.markdown("**False-alarm rate**: the fraction each method flags at its own verdict threshold "
                     "(95% TPR on the calibration half). `in-distribution`: the evaluation half of the test split; "
                     "`benign` should stay near it; `covariate` is a real shift, shown without a target.")
-        st.dataframe(shown.style.format("{:.1%}", na_rep="—"), key="methods_stress_fa")
+        for k, piece in enumerate(by_method_tables(shown, per=4, fmt="{:.1%}".format, mark_best=False)):
+            st.dataframe(piece, key=f"methods_stress_fa_{k}")
     if b.table("stress")["dataset"].str.contains("jpeg").any():
         st.caption(JPEG_NOTE)

@@ -166,14 +166,16 @@ class LiveScorer:
     (default ``<results>/cache/live``); ``n_fisher``/``n_calibration`` override the default fit
     sizes (``None``: the defaults' rule and the whole calibration half); ``verdict`` ``"rose"`` or
     ``"rose+typicality"`` (default: the model kind's, :func:`rose_core.defaults.default_verdict`); ``nll_k`` importance
-    samples of the VAE's IWAE NLL when asked for; ``progress`` a :data:`Progress` callback.
+    samples of the VAE's IWAE NLL when asked for; ``progress`` a :data:`Progress` callback; ``allow_fit=False``
+    raises :class:`CheckpointError` instead of fitting when neither the bundle nor the cache has a usable fit.
     """
 
     def __init__(self, checkpoint: str | os.PathLike, fisher: str | None = None, *,
                  results: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None, n_fisher: int | None = None,
                  n_calibration: int | None = None, verdict: str | None = None, seed: int = 0, nll_k: int = 20,
-                 batch_size: int = 64, device: str = "cpu", progress: Progress | None = None) -> None:
+                 batch_size: int = 64, device: str = "cpu", progress: Progress | None = None,
+                 allow_fit: bool = True) -> None:
         if fisher not in (None, "ekfac", "diag"):
             raise ValueError(f"fisher must be None, 'ekfac' or 'diag', got {fisher!r}.")
         if verdict is not None and verdict not in VERDICTS:
@@ -206,6 +208,7 @@ class LiveScorer:
         if fisher is not None:
             self._overrides["fisher"] = fisher
         self.n_calibration = n_calibration
+        self.allow_fit = bool(allow_fit)
         self.spec = self._spec()
         self.verdict = self.spec.verdict if verdict is None else verdict
         self.fisher = self.spec.fisher
@@ -271,6 +274,9 @@ class LiveScorer:
                 continue
             if self._usable(scorer, source):
                 return scorer, source
+        if not self.allow_fit:
+            raise CheckpointError(f"No usable ROSE fit of {self.name} in {self._bundle_fit_path()} or the live cache, "
+                                  "and fitting was not allowed (allow_fit=False).")
         return self._fit(progress), "fitted"
 
     def _fit(self, progress: Progress) -> RoseScorer:

@@ -17,6 +17,26 @@ def best_styled(table: pd.DataFrame, lower_better: bool = False, digits: int = 3
     return text.style.apply(lambda _: np.where(best.to_numpy(), "background-color: #c7e9c0", ""), axis=None)
 
 
+BEST = "background-color: #c7e9c0"
+"""The best value of a row or column, in green."""
+
+
+def by_method_tables(table: pd.DataFrame, lower_better: bool = False, per: int = 5, digits: int = 3,
+                     fmt=None, mark_best: bool = True) -> list:
+    """``table`` (methods × sets) turned into sets × methods and split into Stylers of at most ``per`` method columns,
+    so that each fits a narrow page without scrolling sideways. Missing values read "—"; with ``mark_best``, the best
+    method of each set (row), across all the pieces, is green. ``fmt`` formats a value (default: ``digits`` decimals)."""
+    num = table.astype(float).T
+    if num.empty:
+        return []
+    best = num.eq(num.min(axis=1) if lower_better else num.max(axis=1), axis=0) & num.notna() & mark_best
+    show = fmt or (lambda v: f"{v:.{digits}f}")
+    text = num.map(lambda v: "—" if pd.isna(v) else show(v))
+    pieces = np.array_split(np.arange(num.shape[1]), int(np.ceil(num.shape[1] / per)))
+    return [text.iloc[:, idx].style.apply(lambda _, m=best.iloc[:, idx].to_numpy(): np.where(m, BEST, ""), axis=None)
+            for idx in pieces]
+
+
 def number_text(v, digits: int = 3) -> str:
     """A number with ``digits`` decimals, "—" when missing (a NumberColumn would print None)."""
     return "—" if v is None or pd.isna(v) else f"{float(v):.{digits}f}"
@@ -32,6 +52,11 @@ def rate_text(v: float | None) -> str:
     if v is None or not np.isfinite(v):
         return "—"
     return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.3g}"
+
+
+def export_name(model: str, fisher: str, verdict: str) -> str:
+    """The Score page's CSV file name: one per model, Fisher and verdict test (``rose-vae-fmnist-ekfac-rose.csv``)."""
+    return f"rose-{model}-{fisher}-{verdict.replace('+', '-')}.csv"
 
 
 def upscale(image: np.ndarray, size: int = 128) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -27,6 +28,7 @@ from rose_core.errors import RoseError
 from rose_core.results import Results
 from studio.paths import checkpoints_dir, data_dir, env_int, results_dir
 
+log = logging.getLogger("studio")
 MODEL_KINDS = ("vae", "glow")
 """Checkpoint kinds the app analyses (those of :data:`rose_core.live.MODEL_KINDS`; repeated here so the first
 page does not import the live scorer and torch with it)."""
@@ -355,6 +357,37 @@ def live_scorer(name: str, fisher: str = "ekfac", verdict: str | None = None):
         st.error(f"ROSE cannot be prepared for `{name}` ({type(exc).__name__}: {exc}). Check the checkpoint with "
                  f"`python -m rose_core datasets` and the logs; the other pages still work.")
         return None
+
+
+def warm_up(name: str) -> None:
+    """Load the default live scorer of ``name`` (the model and the bundle's ROSE fit; never a new fit) in a
+    background thread, once per server, so the Score page finds it ready. Called at the end of the first page,
+    after it has rendered. Any problem is left to the page that needs the scorer, which shows it."""
+    store = _store()
+    with store["_lock"]:
+        started = store.setdefault("_warming", set())
+        if name in started:
+            return
+        started.add(name)
+    fisher, path, sizes = default_fisher(name), checkpoints_dir() / f"{name}.json", live_sizes()
+    results, data = results_dir(), data_dir()
+
+    def work() -> None:
+        from rose_core.live import LiveScorer
+
+        try:
+            key = live_key(name, fisher)
+            if key is None:
+                return
+            with store["_lock"]:
+                lock = store["_key_locks"].setdefault(key, threading.Lock())
+            with lock:
+                if key not in store:
+                    store[key] = LiveScorer(path, fisher, results=results, data_root=data, allow_fit=False, **sizes)
+        except (RoseError, OSError, RuntimeError, ValueError) as exc:
+            log.info("Warm-up of %s's live scorer skipped: %s", name, exc)
+
+    threading.Thread(target=work, name=f"rose-warm-up-{name}", daemon=True).start()
 
 
 # --------------------------------------------------------------------------------------------

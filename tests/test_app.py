@@ -233,9 +233,10 @@ def test_home_shows_card_datasets_and_key_figure(app_env):
     assert f"NLL AUROC {view.loc['nll', 'auroc']:.3f}) ranks the OOD images as *more* in-distribution" in caption[0]
     assert f"ROSE (EKFAC) (AUROC {view.loc['rose-ekfac', 'auroc']:.3f}) separates them well" in caption[0]
     assert not any("weak model" in t for t in texts(at, "warning"))
-    datasets = at.dataframe[0].value
-    assert {"fashion-mnist", "mnist"} <= set(datasets["dataset"])
-    assert datasets.set_index("dataset").loc["fashion-mnist", "available here"]
+    datasets = at.table[0].value  # a static table: the long "how to get it" texts wrap
+    assert {"fashion-mnist", "mnist"} <= set(datasets.index)
+    assert datasets.loc["fashion-mnist", "available here"] == "yes"
+    assert datasets.loc["mnist", "how to get it"]
 
 
 def test_home_labels_a_weak_model_with_its_epochs_and_numbers(app_env, tmp_path, monkeypatch):
@@ -394,9 +395,10 @@ def test_roc_curves_methods_and_table(app_env):
     assert set(at.multiselect(key="roc_methods").options) >= {"RND (DCT)"}
     assert any(n.startswith("ROSE (EKFAC) (AUROC") for n in names)
     table = at.dataframe[0].value
-    assert list(table["Method"])[:2] == ["ROSE (EKFAC)", "ROSE (DIAG)"]
+    assert list(table["Method"])[:2] == ["ROSE-EKFAC", "ROSE-DIAG"]  # short names, spelled out in the caption
     assert table.set_index("Method").loc["NLL", "AUROC"] < 0.5
-    assert set(table["source"]) == {"bundle"}
+    assert "source" not in table.columns  # every row from the bundle: said in the caption, not in a column
+    assert any(c.startswith("Methods: ROSE-EKFAC = ROSE (EKFAC); ROSE-DIAG = ROSE (DIAG)") for c in texts(at, "caption"))
     at.multiselect(key="roc_methods").set_value(["rose-ekfac", "nll"]).run()
     assert len(chart(at, "vs MNIST (OOD)")["data"]) == 3
     assert len(at.dataframe[0].value) == 2
@@ -429,8 +431,8 @@ def test_roc_names_methods_missing_for_the_set_and_warns_on_few_images(app_env, 
     at = open_page("pages/3_roc_curves.py")
     assert "likelihood-regret" in at.multiselect(key="roc_methods").value
     # MNIST: Likelihood Regret is shown, flagged beside its row and in a warning; the others are not
-    table = at.dataframe[0].value.set_index("Method")
-    assert table.loc["Likelihood Regret", "note"] == "⚠ few images (8 in / 8 OOD)"
+    table = at.dataframe[0].value.set_index("Method").rename(index={"LR(E)": "Likelihood Regret"})
+    assert table.loc["Likelihood Regret", "note"] == "⚠ 8 in / 8 OOD"
     assert (table.drop("Likelihood Regret")["note"] == "").all()
     warning = [t for t in texts(at, "warning") if "Few images" in t]
     assert len(warning) == 1 and "**Likelihood Regret** rests on only 8 in / 8 OOD" in warning[0]
@@ -489,21 +491,37 @@ def test_layer_heatmap_toggle(app_env):
     assert any("Best single layer" in m for m in texts(at, "markdown"))
 
 
+def frame_with(at: AppTest, label: str) -> pd.DataFrame:
+    """The first dataframe with ``label`` among its columns (tables are found by content, not position)."""
+    found = [d.value for d in at.dataframe if label in d.value.columns]
+    assert found, f"no dataframe with a column {label!r}"
+    return found[0]
+
+
 def test_methods_table_and_throughput(app_env):
     at = open_page("pages/6_methods.py")
-    table = at.dataframe[0].value
-    assert "Overall" in table.columns and "ROSE (EKFAC)" in table.index
-    auroc_value = table.loc["ROSE (EKFAC)", "MNIST"]
+    # one row per OOD set, one column per method, in pieces narrow enough for the page; no harness variant
+    first, second = at.dataframe[0].value, at.dataframe[1].value
+    assert list(first.columns) == ["ROSE-EKFAC", "ROSE-DIAG", "NLL"] and list(second.columns) == ["LRatio", "IC(png)",
+                                                                                                   "SVD-RND"]
+    assert "Overall" in first.index and "MNIST" in first.index
+    res = Results.for_checkpoint(MODEL, app_env["results"])
+    assert first.loc["MNIST", "ROSE-EKFAC"] == f"{res.metric('rose-ekfac', 'mnist'):.3f}"
+    styles = at.dataframe[0].proto.arrow_data.styler.styles + at.dataframe[1].proto.arrow_data.styler.styles
+    green = sum(rule.count("_row") for rule in styles.split("}") if "#c7e9c0" in rule)
+    assert green >= len(first.index)  # the best method of every set is green, found across the pieces
+    auroc_value = first.loc["MNIST", "ROSE-EKFAC"]
     at.radio(key="methods_metric").set_value("fpr80").run()
-    fpr = at.dataframe[0].value.loc["ROSE (EKFAC)", "MNIST"]
-    assert fpr != auroc_value
+    assert at.dataframe[0].value.loc["MNIST", "ROSE-EKFAC"] != auroc_value
+    assert frame_with(at, "MNIST").index.tolist() == ["RND (DCT)"]  # the variant, in its expander
     scatter = chart(at, "Images per second vs Overall AUROC")
     assert scatter["layout"]["xaxis"]["type"] == "log" and len(scatter["data"]) == len(SHIFTS)
-    # the stress suite: AUROC where images should be flagged, false-alarm rates elsewhere
-    ood, fa = at.dataframe[2].value, at.dataframe[3].value
-    assert list(ood.index) == ["ROSE (EKFAC)", "NLL"] and ood.iloc[:, 0].tolist() == ["0.990", "0.400"]  # shown as text
-    assert [c.rsplit(" (", 1)[1] for c in fa.columns] == ["in-distribution)", "benign)", "covariate)"]
-    assert fa.loc["NLL"].tolist() == [0.05, 0.07, 0.66]
+    # the stress suite: AUROC where images should be flagged, false-alarm rates elsewhere (sets as rows)
+    ood = [d.value for d in at.dataframe if list(d.value.columns) == ["ROSE-EKFAC", "NLL"]]
+    assert ood[0].iloc[0].tolist() == ["0.990", "0.400"]  # shown as text
+    fa = ood[1]
+    assert [r.rsplit(" (", 1)[1] for r in fa.index] == ["in-distribution)", "benign)", "covariate)"]
+    assert fa["NLL"].tolist() == ["5.0%", "7.0%", "66.0%"]
     assert any("re-encoding artefacts" in c for c in texts(at, "caption"))
 
 
@@ -521,7 +539,7 @@ def test_throughput_table_grammar_and_missing_overall(app_env, tmp_path, monkeyp
     at = open_page("pages/6_methods.py")
     assert not at.exception, [e.value for e in at.exception]
     assert "measured on cpu (1 thread))" in chart(at, "Images per second vs Overall AUROC")["layout"]["title"]["text"]
-    table = at.dataframe[1].value.set_index("method")
+    table = frame_with(at, "device").set_index("method")
     assert set(table["device"]) == {"cpu (1 thread)"}
     assert table.loc["Likelihood Regret", "Overall AUROC"] == "—"
     assert table.loc["ROSE (EKFAC)", "Overall AUROC"] == f"{res.metric('rose-ekfac', 'overall'):.3f}"
@@ -576,9 +594,9 @@ def test_robustness_slider_sweeps_and_figure5(app_env):
     svd = chart(at, "AUROC vs svd blur")
     assert arr(svd["data"][0]["x"]).tolist() == [22.0, 28.0]
     assert svd["layout"]["xaxis"]["title"]["text"].startswith("K")
-    variants = at.dataframe[1].value
-    assert list(variants.index) == ["Likelihood Ratio", "RND", "RND (DCT)"]
-    assert list(variants.columns) == ["Overall", "letters-fonts", "MNIST", "noise"]
+    variants = at.dataframe[1].value  # one row per OOD set, the variants as columns
+    assert list(variants.columns) == ["LRatio", "SVD-RND", "RND (DCT)"]
+    assert list(variants.index) == ["Overall", "letters-fonts", "MNIST", "noise"]
     fs = chart(at, "Fisher sample size")
     assert {t["name"] for t in fs["data"]} == {"EKFAC", "DIAG"}
 
@@ -651,12 +669,13 @@ def test_upload_good_and_bad_files(app_env):
     t95 = live.threshold(0.95)
     assert list(table["verdict"]) == ["OOD" if s > t95 else "in-distribution" for s in expected.verdict_score]
     assert list(table["fired"]) == list(expected.fired(t95))
-    np.testing.assert_allclose(table["p_typicality"], expected.p_typicality, rtol=1e-9)
+    np.testing.assert_allclose(frame_with(at, "p_typicality")["p_typicality"], expected.p_typicality, rtol=1e-9)
     # same image content, same score: the RGBA digit composited on black is the digit itself
     assert table["rose-ekfac_score"].iloc[2] == pytest.approx(table["rose-ekfac_score"].iloc[0])
 
     assert len(at.get("download_button")) == 1
     z = [c for c in charts(at) if c["layout"]["title"]["text"] == "per-layer z-scores"]
+    z = z[2:]  # after the two of the comparison: one card per image
     assert len(z) == len(scored) and z[0]["data"][0]["x"] == [glossary.layer_label(n) for n in LAYERS]
     np.testing.assert_allclose(arr(z[0]["data"][0]["y"]), expected.layer_z[0], rtol=1e-6)
 
@@ -676,6 +695,7 @@ def test_dataset_samples(app_env):
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["image"]) == [f"fashion-mnist sample {i}" for i in (1, 2, 3)]
+    table = frame_with(at, "p_rose")
     for col in ("p_rose", "p_typicality", "p_combined"):
         assert np.isfinite(table[col]).all() and ((table[col] > 0) & (table[col] <= 1)).all(), col
 
@@ -703,7 +723,8 @@ def test_verdict_card_names_the_test_that_fired_and_both_p_values(app_env, monke
     table = at.dataframe[0].value
     assert list(table["fired"]) == list(fired)
     cards = [m for m in texts(at, "markdown") if m.startswith("**grey.png**") or m.startswith("**boot.png**")]
-    assert len(cards) == 2
+    assert len(cards) == 4 and cards[:2] == cards[2:]  # the comparison of the two, then each image's card
+    cards = cards[2:]
     for card, f, pr, pt, pc in zip(cards, fired, expected.p_value, expected.p_typicality, expected.p_combined):
         assert (f"fired)" in card) == (f != "none") and ("in-distribution" in card) == (f == "none")
         for p in (pr, pt, pc):
@@ -835,3 +856,39 @@ def test_robustness_shows_the_precomputed_live_values_and_says_so(app_env, monke
         assert not [k for k in at.session_state if str(k).startswith("cancel_")]
     finally:
         path.unlink()
+
+
+def test_two_uploads_side_by_side_coloured_verdicts_named_export_and_shrink_note(app_env):
+    digit = load_dataset("mnist", "test", n=1, seed=0).images[0, ..., 0]
+    boot = load_dataset(IN_SET, "test", n=1, seed=3).images[0, ..., 0]
+    huge = np.asarray(Image.fromarray(boot).resize((4000, 4000), Image.NEAREST))
+    files = [("digit.png", png(digit), "image/png"), ("boot.png", png(boot), "image/png"),
+             ("huge.png", png(huge), "image/png")]
+    at = open_page("pages/1_score_images.py")
+    at.file_uploader(key="score_files").set_value(files).run()
+    assert not at.exception, [e.value for e in at.exception]
+    notes = [w for w in texts(at, "warning") if w.startswith("**huge.png**")]
+    assert len(notes) == 1 and "shrunk from 4000×4000 to 32×32" in notes[0]
+    assert not [w for w in texts(at, "warning") if "**digit.png**" in w or "**boot.png**" in w]
+
+    table = at.dataframe[0]
+    styles = table.proto.arrow_data.styler.styles
+    assert "#f8d0d0" in styles or "#c7e9c0" in styles  # the verdict cells are coloured like the cards
+    assert at.get("download_button")[0].proto.label == "Download all results (CSV)"
+    from studio.format import export_name
+
+    assert len({export_name("vae-fmnist", f, v) for f in ("ekfac", "diag") for v in ("rose", "rose+typicality")}) == 4
+    assert at.session_state["score_cmp_a"] == "1. digit.png" and at.session_state["score_cmp_b"] == "2. boot.png"
+    cmp = [c for c in charts(at) if c["layout"]["title"]["text"] == "per-layer z-scores"]
+    # two comparison cards, then one card per image; the pair shares one y-axis range
+    assert len(cmp) == 2 + 3
+    assert cmp[0]["layout"]["yaxis"]["range"] == cmp[1]["layout"]["yaxis"]["range"]
+    at.selectbox(key="score_cmp_b").set_value("3. huge.png").run()
+    assert not at.exception
+    cards = [m for m in texts(at, "markdown") if m.startswith("**huge.png**")]
+    assert len(cards) == 2  # in the comparison and in its own card
+    live = LiveScorer(app_env["checkpoints"] / f"{MODEL}.json", results=app_env["results"], **LIVE_SIZES)
+    expected = live.score([digit[..., None], boot[..., None], huge[..., None]], ["digit.png", "boot.png", "huge.png"])
+    assert f"ROSE score **{expected.score[2]:.3f}**" in cards[0]
+    cmp = [c for c in charts(at) if c["layout"]["title"]["text"] == "per-layer z-scores"]
+    np.testing.assert_allclose(arr(cmp[1]["data"][0]["y"]), expected.layer_z[2], rtol=1e-6)
