@@ -63,7 +63,7 @@ def test_budgeted_training_resumes_and_figure6_writes_the_bundle(tmp_path):
         train_classifier(ClassifierTrainConfig("basic-cnn", str(tmp_path / "cls-cnn"), epochs=3, subset=64,
                                                progress=False))
 
-    lm = run_preset("figure6", tmp_path / "cls-cnn", tmp_path / "results", n_fisher=16, n_calibration=8, n_in=8,
+    lm = run_preset("figure6", tmp_path / "cls-cnn", tmp_path / "results", n_fisher=100, n_calibration=8, n_in=8,
                     n_ood=8, ood_sets=["mnist", "letters-fonts"])
     assert set(lm["ood_set"]) == {"mnist", "letters-fonts"} and len(lm) == 2 * 5
     assert lm["auroc"].between(0, 1).all() and set(lm["fisher"]) == {"diag"}
@@ -74,6 +74,13 @@ def test_budgeted_training_resumes_and_figure6_writes_the_bundle(tmp_path):
     assert manifest["checkpoint"]["card"]["epochs"] == 2
     metrics = bundle.table("metrics")
     assert set(metrics["ood_set"]) == {"mnist", "letters-fonts", "overall"}
+    from rose_core.evaluation.detectors import DETECTORS, available
+
+    expected_methods = {"rose-diag", *DETECTORS} if available()[0] else {"rose-diag"}
+    assert set(metrics["method"]) == expected_methods and metrics["auroc"].between(0, 1).all()
+    assert set(bundle.table("throughput")["method"]) == expected_methods
+    assert (bundle.table("throughput")["n_images"] == 8 + 2 * 8).all()
+    assert manifest["figure6"]["detectors"].startswith("pytorch-ood" if available()[0] else "not run")
     # the per-layer AUROC is the AUROC of the stored raw layer scores
     from rose_core.metrics import auroc
 

@@ -24,7 +24,7 @@ def cls_env(tmp_path, monkeypatch):
     save_classifier(build_classifier("basic-cnn"), ckpts / "cls-basic-cnn-fmnist", "basic-cnn", test_accuracy=0.5,
                     budget="none: untrained (test)")
     save_classifier(build_classifier("basic-cnn"), ckpts / "cls-other", "basic-cnn", test_accuracy=0.4)
-    run_preset("figure6", ckpts / "cls-basic-cnn-fmnist", tmp_path / "results", n_fisher=8, n_calibration=4,
+    run_preset("figure6", ckpts / "cls-basic-cnn-fmnist", tmp_path / "results", n_fisher=100, n_calibration=4,
                n_in=4, n_ood=4, ood_sets=["mnist", "letters-fonts"])
     monkeypatch.setenv("ROSE_CHECKPOINTS", str(ckpts))
     monkeypatch.setenv("ROSE_RESULTS", str(tmp_path / "results"))
