@@ -96,6 +96,30 @@ if ready:
                "shortcut convolutions where they run). Each AUROC uses one layer's raw score alone; OOD is the "
                "positive class. The networks were trained for a few epochs on this CPU (the budget column), far "
                "less than the paper's.")
+if ready:
+    st.subheader("ROSE beside the classifier detectors of pytorch-ood")
+    rows = []
+    for name in ready:
+        b = Results(results_dir() / name, strict=False)
+        m = b.table("metrics")
+        speed = b.table("throughput").set_index("method")["images_per_s"] if b.has("throughput") else pd.Series()
+        for method, part in m.groupby("method", sort=False):
+            row = {"network": TITLES.get(nets[name]["config"]["architecture"], name),
+                   "method": "ROSE (DIAG)" if method == "rose-diag" else f"{method} (pytorch-ood)"}
+            row.update({f"AUROC {dataset_label(s)}": a for s, a in zip(part["ood_set"], part["auroc"]) if s != "overall"})
+            overall = part[part["ood_set"] == "overall"]
+            row["AUROC overall"] = overall["auroc"].item() if len(overall) else None
+            row["FPR95 overall"] = overall["fpr95"].item() if len(overall) else None
+            row["images/s"] = speed.get(method)
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    st.dataframe(table.style.format(precision=3, na_rep="—"), hide_index=True)
+    notes = {n: (Results(results_dir() / n, strict=False).meta.get("figure6") or {}).get("detectors") for n in ready}
+    st.caption("The same classifier and the same images for every row: in-distribution = the evaluation half of the "
+               "Fashion-MNIST test split; OOD positive; overall = the OOD sets pooled; FPR95 = the false-alarm rate "
+               "at 95 % of the OOD images detected. images/s: scoring only (fits excluded), in one run. "
+               + " ".join(f"`{n}`: {v}." for n, v in notes.items() if v))
+
 for name in missing:
     st.info(f"`{name}` has no Figure 6 results yet.")
     ui.compute_button(name, "figure6")

@@ -44,5 +44,12 @@ def test_figure6_panels_and_the_compute_offer(cls_env):
     assert "Basic CNN (test accuracy 50.0%)" in json.dumps(spec["layout"]["annotations"])
     table = at.dataframe[0].value
     assert list(table["checkpoint"]) == ["cls-basic-cnn-fmnist"]
+    side = at.dataframe[1].value
+    from rose_core.evaluation.detectors import DETECTORS, available
+
+    expected = ["ROSE (DIAG)"] + ([f"{d} (pytorch-ood)" for d in DETECTORS] if available()[0] else [])
+    assert list(side["method"]) == expected
+    assert side["AUROC overall"].between(0, 1).all() and (side["images/s"] > 0).all()
+    assert {"AUROC MNIST", "FPR95 overall"} <= set(side.columns)
     assert any("`cls-other` has no Figure 6 results yet" in i.value for i in at.info)
     assert any(b.key == "compute_figure6" for b in at.button)
