@@ -30,8 +30,8 @@ def separation(auroc: float) -> str:
     return "ranks the OOD images as *more* in-distribution than the real ones: it fails"
 
 
-WEAK_AUROC = 0.75
-"""Below this ROSE AUROC on the key figure's OOD set, Home labels the model as weak."""
+WEAK_AUROC = 0.75  # below this ROSE AUROC on the key figure's OOD set, Home labels the model as weak (a comment:
+# Streamlit's "magic" would print a bare string at the top level of the page)
 
 
 def key_figure_caption(name: str, ind: str, ood: str, rose: str, view) -> str:

@@ -20,10 +20,9 @@ from studio.format import export_name, upscale
 from studio.paths import data_dir
 from studio.verdict import p_text
 
-MAX_CARDS = 8
-"""Images shown with a detail card (each draws a chart); the table, the CSV and the comparison hold them all."""
-SHRINK_NOTE = 2
-"""An upload more than this many times the model's input size on a side gets a note that it was shrunk."""
+# (no bare strings at the top level of a page: Streamlit's "magic" would print them)
+MAX_CARDS = 8  # images shown with a detail card (each draws a chart); the table, CSV and comparison hold them all
+SHRINK_NOTE = 2  # an upload more than this many times the model's input size on a side gets a "shrunk" note
 JPEG_FORMATS = ("JPEG", "MPO")
 
 name, card = ui.open_page("Score images")
@@ -150,7 +149,7 @@ verdict_table = frame[["image", "verdict", "fired", f"{live.method}_score", "nll
 st.dataframe(verdict_table.style.map(lambda v: VERDICT_COLOURS.get(v, ""), subset=["verdict"]), hide_index=True,
              column_config={
                  "image": image_column,
-                 "fired": st.column_config.TextColumn("test that fired", help=glossary.tip("typicality")),
+                 "fired": st.column_config.TextColumn("fired", help="The test that fired. " + glossary.tip("typicality")),
                  f"{live.method}_score": st.column_config.NumberColumn("ROSE score", format="%.3f",
                                                                        help=glossary.tip("rose_score")),
                  "nll_nats": st.column_config.NumberColumn("NLL (nats)", format="%.1f", help=f"{result.nll_kind}. "
@@ -176,12 +175,13 @@ flat = (result.verdict_test == "rose" and live.rose.p == math.inf and live.rose.
 jpeg_names = set(jpegs)
 
 
-def image_card(i: int, key: str, y_range: list[float] | None = None) -> None:
-    """One image's card: the model input, the verdict and what fired, the ROSE score, NLL and per-layer z-scores."""
+def image_card(i: int, key: str, y_range: list[float] | None = None, narrow: bool = False) -> None:
+    """One image's card: the model input, the verdict and what fired, the ROSE score, NLL and per-layer z-scores
+    (``narrow``: the chart under the text, for a half-width column)."""
     v = verdict_words.describe(str(fired[i]), result.p_value[i], result.p_typicality[i], result.p_combined[i],
                                result.verdict_test)
     with st.container(border=True):
-        left, mid, right = st.columns([1, 1.3, 3])
+        left, mid, right = st.columns([1, 2]) + [None] if narrow else st.columns([1, 1.3, 3])
         left.image(upscale(result.inputs[i]), caption=f"model input {result.inputs.shape[1]}×{result.inputs.shape[2]}")
         headline = f":red[**{v.headline}**]" if v.ood else f":green[**{v.headline}**]"
         mid.markdown(f"**{result.names[i]}**  \n{headline}  \n{v.detail}  \n"
@@ -193,7 +193,7 @@ def image_card(i: int, key: str, y_range: list[float] | None = None) -> None:
                                    threshold if flat else None, "per-layer z-scores")
         if y_range is not None:
             fig.update_yaxes(range=y_range)
-        right.plotly_chart(fig, key=key)
+        (right or st).plotly_chart(fig, key=key)
 
 
 if len(result) >= 2:
@@ -210,7 +210,7 @@ if len(result) >= 2:
     span = [lo - 0.1 * (hi - lo + 1e-9), hi + 0.15 * (hi - lo + 1e-9)]
     for col, i, side in zip((k1, k2), pair, ("a", "b")):
         with col:
-            image_card(i, key=f"cmp_{side}", y_range=span)
+            image_card(i, key=f"cmp_{side}", y_range=span, narrow=True)
     st.caption("Side by side, on one z-score scale. " + (
         "The ROSE score is the largest per-layer z-score above zero: how many standard deviations the most unusual "
         "layer is from held-out in-distribution images." if flat else

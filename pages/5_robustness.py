@@ -13,11 +13,10 @@ from rose_core.methods import method_short
 from rose_core.results import method_order
 from studio import provenance, state
 from studio import widgets as ui
-from studio.format import by_method_tables, upscale
+from studio.format import by_method_tables, table_height, upscale
 from studio.paths import data_dir, env_int, evaluate_command
 
-LIVE_SEED = 1
-"""Seed of the live sample (the same as ``python -m studio.precompute``'s)."""
+LIVE_SEED = 1  # seed of the live sample (the same as `python -m studio.precompute`'s); no bare string: magic prints it
 
 
 def brightened(image: np.ndarray, factor: float) -> np.ndarray:
@@ -165,7 +164,7 @@ if variants is None or variants.empty:
     ui.missing_bundle_message(name, "The perturbation-trained baselines", "perturbations")
 else:
     for k, piece in enumerate(by_method_tables(variants.rename(index=method_short, columns=dataset_short), per=3)):
-        st.dataframe(piece, key=f"rob_variants_{k}")
+        st.dataframe(piece, key=f"rob_variants_{k}", height=table_height(variants.shape[1]))
     st.caption("AUROC of RND and the Likelihood Ratio when their perturbation is SVD blur, DCT blur, Gaussian "
                "blur or random pixels: which perturbation works depends on the OOD set — the paper's argument "
                "against outlier exposure. One row per OOD set; green = the best variant for the set. "

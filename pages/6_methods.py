@@ -9,7 +9,7 @@ from rose_core.labels import JPEG_NOTE, METRIC_LABELS, dataset_label, dataset_sh
 from rose_core.methods import method_short
 from studio import glossary, state
 from studio import widgets as ui
-from studio.format import best_styled, by_method_tables, device_text, number_text, rate_text
+from studio.format import best_styled, by_method_tables, device_text, number_text, rate_text, table_height
 
 name, _ = ui.open_page("Methods")
 b = ui.require_bundle(name, ("metrics",), "This page", state.main_preset(name))
@@ -28,7 +28,7 @@ sets = [c for c in main.columns if not str(c).startswith("stress-")]  # the stre
 st.subheader(f"{METRIC_LABELS[metric]} per OOD set")
 pieces = by_method_tables(main[sets].rename(index=method_short, columns=dataset_short), lower_better)
 for k, piece in enumerate(pieces):
-    st.dataframe(piece, key=f"methods_table_{k}")
+    st.dataframe(piece, key=f"methods_table_{k}", height=table_height(len(sets)))
 note = stand_in_note(sets)
 st.caption(f"In-distribution: {dataset_label(b.in_dist())}. One row per OOD set, one column per method (split in "
            f"pieces to fit the page); green = the best method for the set ({'lower' if lower_better else 'higher'} is "
@@ -75,7 +75,7 @@ else:
         st.markdown("**AUROC on sets that should be flagged** (noise, black/white, inverted, rotated, blurred, "
                     "thin digits) against the in-distribution evaluation images")
         for k, piece in enumerate(by_method_tables(ood.rename(index=method_short), per=4)):
-            st.dataframe(piece, key=f"methods_stress_ood_{k}")
+            st.dataframe(piece, key=f"methods_stress_ood_{k}", height=table_height(ood.shape[1]))
         st.caption("Stress sets: " + "; ".join(f"{d} = {dataset_label(d)}" for d in ood.columns) + ".")
     fa = b.stress_view(("in-distribution", "benign", "covariate"))
     if not fa.empty:
@@ -85,6 +85,6 @@ else:
                     "(95% TPR on the calibration half). `in-distribution`: the evaluation half of the test split; "
                     "`benign` should stay near it; `covariate` is a real shift, shown without a target.")
         for k, piece in enumerate(by_method_tables(shown, per=4, fmt="{:.1%}".format, mark_best=False)):
-            st.dataframe(piece, key=f"methods_stress_fa_{k}")
+            st.dataframe(piece, key=f"methods_stress_fa_{k}", height=table_height(shown.shape[1]))
     if b.table("stress")["dataset"].str.contains("jpeg").any():
         st.caption(JPEG_NOTE)

@@ -37,6 +37,11 @@ def by_method_tables(table: pd.DataFrame, lower_better: bool = False, per: int =
             for idx in pieces]
 
 
+def table_height(n_rows: int) -> int:
+    """Pixels for a data grid showing ``n_rows`` rows and its header without scrolling (35 px a row)."""
+    return 35 * (n_rows + 1) + 3
+
+
 def number_text(v, digits: int = 3) -> str:
     """A number with ``digits`` decimals, "—" when missing (a NumberColumn would print None)."""
     return "—" if v is None or pd.isna(v) else f"{float(v):.{digits}f}"

@@ -892,3 +892,15 @@ def test_two_uploads_side_by_side_coloured_verdicts_named_export_and_shrink_note
     assert f"ROSE score **{expected.score[2]:.3f}**" in cards[0]
     cmp = [c for c in charts(at) if c["layout"]["title"]["text"] == "per-layer z-scores"]
     np.testing.assert_allclose(arr(cmp[1]["data"][0]["y"]), expected.layer_z[2], rtol=1e-6)
+
+
+def test_no_page_has_a_bare_string_that_streamlit_magic_would_print():
+    """A string on its own line at a page's top level (e.g. a constant's docstring) is shown on the page by
+    Streamlit's "magic"; only the module docstring is not."""
+    import ast
+
+    for path in [REPO / "app.py", *sorted((REPO / "pages").glob("*.py"))]:
+        body = ast.parse(path.read_text()).body
+        bare = [n.lineno for n in body[1:] if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
+                and isinstance(n.value.value, str)]
+        assert not bare, f"{path.name}: bare string(s) at line(s) {bare}"
