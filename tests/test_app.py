@@ -904,3 +904,23 @@ def test_no_page_has_a_bare_string_that_streamlit_magic_would_print():
         bare = [n.lineno for n in body[1:] if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
                 and isinstance(n.value.value, str)]
         assert not bare, f"{path.name}: bare string(s) at line(s) {bare}"
+
+
+def test_throughput_labels_are_placed_without_overlaps_and_narrow_log_axes_get_finer_ticks():
+    from itertools import combinations
+
+    from rose_core import charts
+
+    # a tight cluster (as ROSE (EKFAC) / ROSE (DIAG) / ROSE + typicality) and two near twins (the Input Complexities)
+    xs, ys = np.array([300.0, 310.0, 305.0, 60.0, 64.0]), np.array([200.0, 196.0, 210.0, 80.0, 82.0])
+    texts_ = ["ROSE (EKFAC)", "ROSE (DIAG)", "ROSE + typicality", "Input Complexity (PNG)",
+              "Input Complexity (JPEG 2000)"]
+    places = charts.label_places(xs, ys, texts_, width=560, height=330)
+    boxes = [charts._label_box(x, y, t, p, 14) for x, y, t, p in zip(xs, ys, texts_, places)]
+    assert all(charts._overlap(a, b) == 0 for a, b in combinations(boxes, 2)), places
+    tv = pd.DataFrame({"method": ["rose-diag", "nll", "input-complexity-png", "input-complexity-jp2"],
+                       "images_per_s": [60.0, 160.0, 158.5, 158.7], "overall_auroc": [0.83, 0.63, 0.66, 0.64]})
+    fig = charts.throughput_figure(tv, "narrow")
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.dtick is None  # plotly's 2, 5 … ticks within a decade
+    wide = charts.throughput_figure(tv.assign(images_per_s=[0.1, 160.0, 15.0, 1600.0]), "wide")
+    assert wide.layout.xaxis.dtick == 1
