@@ -383,7 +383,10 @@ def warm_up(name: str) -> None:
                 lock = store["_key_locks"].setdefault(key, threading.Lock())
             with lock:
                 if key not in store:
-                    store[key] = LiveScorer(path, fisher, results=results, data_root=data, allow_fit=False, **sizes)
+                    live = LiveScorer(path, fisher, results=results, data_root=data, allow_fit=False, **sizes)
+                    # torch's first backward pass is several times slower than the next: pay it here
+                    live.score(np.zeros((2, live.image_size, live.image_size, live.channels), np.uint8))
+                    store[key] = live
         except (RoseError, OSError, RuntimeError, ValueError) as exc:
             log.info("Warm-up of %s's live scorer skipped: %s", name, exc)
 
