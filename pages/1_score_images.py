@@ -118,7 +118,9 @@ if last is not None and last[0] == key:
     result = last[1]
 else:
     result = state.computed(key, lambda progress: live.score(images, names, progress=progress),
-                            f"Scoring {len(images)} image(s) with {name}")
+                            f"Scoring {len(images)} image(s) with {name}", cancelled="no verdicts are shown")
+    if result is None:  # cancelled by this session: the note and "Run it again" are on the page
+        st.stop()
     st.session_state["score_last"] = (key, result)
 threshold = live.threshold(tpr)
 verdicts = result.is_ood(threshold)

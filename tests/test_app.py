@@ -924,3 +924,34 @@ def test_throughput_labels_are_placed_without_overlaps_and_narrow_log_axes_get_f
     assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.dtick is None  # plotly's 2, 5 … ticks within a decade
     wide = charts.throughput_figure(tv.assign(images_per_s=[0.1, 160.0, 15.0, 1600.0]), "wide")
     assert wide.layout.xaxis.dtick == 1
+
+
+def test_cancelled_scoring_of_dataset_samples_shows_no_verdict_until_run_again(app_env):
+    from studio import state
+
+    at = open_page("pages/1_score_images.py")
+    at.radio(key="score_source").set_value("Dataset samples").run()
+    at.number_input(key="score_n").set_value(2).run()
+    assert not at.exception and at.dataframe[0].value.shape[0] == 2
+    # what a click on the Cancel button of the next scoring does (studio.state.cancel), before it finishes
+    at.number_input(key="score_seed").set_value(7)
+    real_computed = state.computed
+
+    def spy(key, compute, label, cancelled=""):
+        if key[0] == "score":
+            state.cancel(state.computation_tag(key))
+        return real_computed(key, compute, label, cancelled)
+
+    import studio.state as module
+
+    module.computed = spy
+    try:
+        at.run()
+    finally:
+        module.computed = real_computed
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(i.startswith("Cancelled: Scoring 2 image(s)") and "no verdicts are shown" in i for i in texts(at, "info"))
+    assert not at.dataframe  # no table, no cards: nothing was scored
+    resume = [b for b in at.button if b.key and b.key.startswith("resume_")]
+    resume[0].click().run()
+    assert not at.exception and at.dataframe[0].value.shape[0] == 2
