@@ -270,3 +270,23 @@ def test_any_module_declaring_the_pointwise_protocol_is_scored_like_invconv():
     assert grad_shape(Pointwise()) == (3, 3)
     with pytest.raises(UnsupportedLayer, match="weight_grad_offset"):
         check_supported("b", Broken())
+
+
+def test_capture_flushes_denormals_only_while_it_runs():
+    """capture_factors flushes float32 denormals during its passes (speed) and restores the caller's setting."""
+    from rose_core.pergrad import _denormals_flushed
+
+    vae = VAE(VAEConfig(base_width=4, latent_dim=3)).eval()
+    x = torch.rand(3, 1, 32, 32)
+    seen = []
+    hook = vae.encoder[0].register_forward_hook(lambda m, a, o: seen.append(_denormals_flushed()))
+    try:
+        assert not _denormals_flushed()
+        capture_factors(vae, x, resolve_layers(vae, "default"))
+        assert seen == [True] and not _denormals_flushed()
+        torch.set_flush_denormal(True)          # a caller who flushes keeps flushing
+        capture_factors(vae, x, resolve_layers(vae, "default"))
+        assert _denormals_flushed()
+    finally:
+        torch.set_flush_denormal(False)
+        hook.remove()
