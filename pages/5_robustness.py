@@ -163,8 +163,10 @@ variants = b.exposure_variants() if b.exists else None
 if variants is None or variants.empty:
     ui.missing_bundle_message(name, "The perturbation-trained baselines", "perturbations")
 else:
+    # the stress sets' rows are left out (the Methods page's stress suite has them), and sets with no value
+    variants = variants[[c for c in variants.columns if not str(c).startswith("stress-")]].dropna(axis=1, how="all")
     for k, piece in enumerate(by_method_tables(variants.rename(index=method_short, columns=dataset_short), per=3)):
-        st.dataframe(piece, key=f"rob_variants_{k}", height=table_height(variants.shape[1]))
+        st.dataframe(piece, key=f"rob_variants_{k}", height=table_height(variants.shape[1]), hide_index=True)
     st.caption("AUROC of RND and the Likelihood Ratio when their perturbation is SVD blur, DCT blur, Gaussian "
                "blur or random pixels: which perturbation works depends on the OOD set — the paper's argument "
                "against outlier exposure. One row per OOD set; green = the best variant for the set. "

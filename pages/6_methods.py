@@ -28,7 +28,7 @@ sets = [c for c in main.columns if not str(c).startswith("stress-")]  # the stre
 st.subheader(f"{METRIC_LABELS[metric]} per OOD set")
 pieces = by_method_tables(main[sets].rename(index=method_short, columns=dataset_short), lower_better)
 for k, piece in enumerate(pieces):
-    st.dataframe(piece, key=f"methods_table_{k}", height=table_height(len(sets)))
+    st.dataframe(piece, key=f"methods_table_{k}", height=table_height(len(sets)), hide_index=True)
 note = stand_in_note(sets)
 st.caption(f"In-distribution: {dataset_label(b.in_dist())}. One row per OOD set, one column per method (split in "
            f"pieces to fit the page); green = the best method for the set ({'lower' if lower_better else 'higher'} is "
@@ -74,8 +74,8 @@ else:
     if not ood.empty:
         st.markdown("**AUROC on sets that should be flagged** (noise, black/white, inverted, rotated, blurred, "
                     "thin digits) against the in-distribution evaluation images")
-        for k, piece in enumerate(by_method_tables(ood.rename(index=method_short), per=4)):
-            st.dataframe(piece, key=f"methods_stress_ood_{k}", height=table_height(ood.shape[1]))
+        for k, piece in enumerate(by_method_tables(ood.rename(index=method_short), per=4, label="stress set")):
+            st.dataframe(piece, key=f"methods_stress_ood_{k}", height=table_height(ood.shape[1]), hide_index=True)
         st.caption("Stress sets: " + "; ".join(f"{d} = {dataset_label(d)}" for d in ood.columns) + ".")
     fa = b.stress_view(("in-distribution", "benign", "covariate"))
     if not fa.empty:
@@ -84,7 +84,7 @@ else:
         st.markdown("**False-alarm rate**: the fraction each method flags at its own verdict threshold "
                     "(95% TPR on the calibration half). `in-distribution`: the evaluation half of the test split; "
                     "`benign` should stay near it; `covariate` is a real shift, shown without a target.")
-        for k, piece in enumerate(by_method_tables(shown, per=4, fmt="{:.1%}".format, mark_best=False)):
-            st.dataframe(piece, key=f"methods_stress_fa_{k}", height=table_height(shown.shape[1]))
+        for k, piece in enumerate(by_method_tables(shown, per=4, fmt="{:.1%}".format, mark_best=False, label="set (group)")):
+            st.dataframe(piece, key=f"methods_stress_fa_{k}", height=table_height(shown.shape[1]), hide_index=True)
     if b.table("stress")["dataset"].str.contains("jpeg").any():
         st.caption(JPEG_NOTE)

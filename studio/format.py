@@ -22,10 +22,11 @@ BEST = "background-color: #c7e9c0"
 
 
 def by_method_tables(table: pd.DataFrame, lower_better: bool = False, per: int = 5, digits: int = 3,
-                     fmt=None, mark_best: bool = True) -> list:
+                     fmt=None, mark_best: bool = True, label: str = "OOD set") -> list:
     """``table`` (methods × sets) turned into sets × methods and split into Stylers of at most ``per`` method columns,
     so that each fits a narrow page without scrolling sideways. Missing values read "—"; with ``mark_best``, the best
-    method of each set (row), across all the pieces, is green. ``fmt`` formats a value (default: ``digits`` decimals)."""
+    method of each set (row), across all the pieces, is green. ``fmt`` formats a value (default: ``digits`` decimals);
+    ``label`` heads the first column (the sets)."""
     num = table.astype(float).T
     if num.empty:
         return []
@@ -33,8 +34,13 @@ def by_method_tables(table: pd.DataFrame, lower_better: bool = False, per: int =
     show = fmt or (lambda v: f"{v:.{digits}f}")
     text = num.map(lambda v: "—" if pd.isna(v) else show(v))
     pieces = np.array_split(np.arange(num.shape[1]), int(np.ceil(num.shape[1] / per)))
-    return [text.iloc[:, idx].style.apply(lambda _, m=best.iloc[:, idx].to_numpy(): np.where(m, BEST, ""), axis=None)
-            for idx in pieces]
+    out = []
+    for idx in pieces:  # the sets as a first column (sized to its names, unlike a grid's index), shown without index
+        piece = text.iloc[:, idx].reset_index()
+        piece.columns = [label] + list(piece.columns[1:])
+        mask = np.column_stack([np.zeros(len(piece), bool), best.iloc[:, idx].to_numpy()])
+        out.append(piece.style.apply(lambda _, m=mask: np.where(m, BEST, ""), axis=None).hide(axis="index"))
+    return out
 
 
 def table_height(n_rows: int) -> int:

@@ -501,7 +501,7 @@ def frame_with(at: AppTest, label: str) -> pd.DataFrame:
 def test_methods_table_and_throughput(app_env):
     at = open_page("pages/6_methods.py")
     # one row per OOD set, one column per method, in pieces narrow enough for the page; no harness variant
-    first, second = at.dataframe[0].value, at.dataframe[1].value
+    first, second = (at.dataframe[k].value.set_index("OOD set") for k in (0, 1))
     assert list(first.columns) == ["ROSE-EKFAC", "ROSE-DIAG", "NLL"] and list(second.columns) == ["LRatio", "IC(png)",
                                                                                                    "SVD-RND"]
     assert "Overall" in first.index and "MNIST" in first.index
@@ -512,14 +512,14 @@ def test_methods_table_and_throughput(app_env):
     assert green >= len(first.index)  # the best method of every set is green, found across the pieces
     auroc_value = first.loc["MNIST", "ROSE-EKFAC"]
     at.radio(key="methods_metric").set_value("fpr80").run()
-    assert at.dataframe[0].value.loc["MNIST", "ROSE-EKFAC"] != auroc_value
+    assert at.dataframe[0].value.set_index("OOD set").loc["MNIST", "ROSE-EKFAC"] != auroc_value
     assert frame_with(at, "MNIST").index.tolist() == ["RND (DCT)"]  # the variant, in its expander
     scatter = chart(at, "Images per second vs Overall AUROC")
     assert scatter["layout"]["xaxis"]["type"] == "log" and len(scatter["data"]) == len(SHIFTS)
     # the stress suite: AUROC where images should be flagged, false-alarm rates elsewhere (sets as rows)
-    ood = [d.value for d in at.dataframe if list(d.value.columns) == ["ROSE-EKFAC", "NLL"]]
-    assert ood[0].iloc[0].tolist() == ["0.990", "0.400"]  # shown as text
-    fa = ood[1]
+    ood = frame_with(at, "stress set").set_index("stress set")
+    assert list(ood.columns) == ["ROSE-EKFAC", "NLL"] and ood.iloc[0].tolist() == ["0.990", "0.400"]  # shown as text
+    fa = frame_with(at, "set (group)").set_index("set (group)")
     assert [r.rsplit(" (", 1)[1] for r in fa.index] == ["in-distribution)", "benign)", "covariate)"]
     assert fa["NLL"].tolist() == ["5.0%", "7.0%", "66.0%"]
     assert any("re-encoding artefacts" in c for c in texts(at, "caption"))
@@ -594,7 +594,7 @@ def test_robustness_slider_sweeps_and_figure5(app_env):
     svd = chart(at, "AUROC vs svd blur")
     assert arr(svd["data"][0]["x"]).tolist() == [22.0, 28.0]
     assert svd["layout"]["xaxis"]["title"]["text"].startswith("K")
-    variants = at.dataframe[1].value  # one row per OOD set, the variants as columns
+    variants = at.dataframe[1].value.set_index("OOD set")  # one row per OOD set, the variants as columns
     assert list(variants.columns) == ["LRatio", "SVD-RND", "RND (DCT)"]
     assert list(variants.index) == ["Overall", "letters-fonts", "MNIST", "noise"]
     fs = chart(at, "Fisher sample size")
