@@ -148,9 +148,12 @@ def figure6(checkpoint: str | os.PathLike, results: str | os.PathLike | None = N
     bundle.write_manifest({
         "checkpoint": {"name": stem.name, "card": card, "weights_sha256": card.get(WEIGHTS_HASH_FIELD)},
         "in_distribution": {"name": IN_DATASET, "split": "test", "half": "evaluation", "n": n_in, "seed": seed},
+        "settings": {"n_in": n_in, "n_ood": n_ood, "n_fit": n_fisher, "seed": seed, "batch_size": batch_size},
+        "environment": {"device": "cpu", "threads": torch.get_num_threads()},
         "ood_sets": {s: {"title": get_card(s).title, "real": get_card(s).real,
                          "stands_in_for": get_card(s).stands_in_for} for s in sets},
-        "experiments": ["figure6"],
+        "experiments": {"figure6": {"tables": ["layer_metrics", "layers", "metrics", "throughput"],
+                                    "wall_s": round(fit_seconds + score_seconds, 1)}},
         "figure6": {"fisher": "diag", "loss": "cross-entropy at the predicted label", "n_fisher": n_fisher,
                     "n_calibration": n_calibration, "n_in": n_in, "n_ood": n_ood, "batch_size": batch_size,
                     "layer_depths": {l: depths[l] for l in names}, "fit_seconds": round(fit_seconds, 1),
