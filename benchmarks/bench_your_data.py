@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -77,6 +78,7 @@ def _run_size(size: str, n: int, epochs: int, width: int, work: Path, repo_data:
     record.update(fit=live.spec.describe(None), n_fisher=live.rose.n_fisher, n_calibration=live.rose.n_norm)
     record["total_seconds"] = record["import_seconds"] + record["train_seconds"] + record["fit_seconds"]
     record["load_after"] = os.getloadavg()[0]
+    record["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     assert np.isfinite(live.calibration).all()
     return record
 

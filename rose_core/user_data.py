@@ -200,6 +200,6 @@ def train_user_model(name: str, checkpoints: str | os.PathLike, *, epochs: int =
     cfg = TrainConfig(kind="vae", preset="fmnist", dataset=name, out=str(user_checkpoint(checkpoints, name)),
                       epochs=epochs, batch_size=batch_size, capacity=capacity, channels=card["channels"],
                       resume=resume, progress=False, on_progress=on_progress, device=device, seed=seed,
-                      eval_subset=eval_images,
+                      eval_subset=eval_images, eval_batch_size=64 // card["channels"],
                       extra_card={"data": card["provenance"], "origin": card["origin"]})
     return train(cfg)
