@@ -88,8 +88,10 @@ else:
     d1, d2, d3 = st.columns([2, 1, 1])
     ds = d1.selectbox("Dataset (test split)", available, index=available.index(default), key="score_dataset",
                       format_func=dataset_label)
-    n = d2.number_input("How many", 1, 32, 6, key="score_n")
-    seed = d3.number_input("Seed", 0, 10_000, 0, key="score_seed")
+    # the kept choice becomes the widget's default: a number input recreated (after a visit elsewhere) with a kept
+    # value other than its default ignores the user typing the default back (Streamlit 1.67's frontend)
+    n = d2.number_input("How many", 1, 32, st.session_state.pop("score_n", 6), key="score_n")
+    seed = d3.number_input("Seed", 0, 10_000, st.session_state.pop("score_seed", 0), key="score_seed")
     try:
         from rose_core.data import load_dataset
 
