@@ -40,6 +40,11 @@ beside Glow's own floor; no peer can express the layer (each listed with the rea
 **Layer types**: each peer is asked for the per-sample gradients of the VAE decoder's
 ``ConvTranspose2d`` layers (checked against ``rose_core.pergrad``).
 
+**Denormals**: ROSE's ``capture_factors`` flushes float32 denormals to zero on the CPU while it runs
+(the softmax gradient is mostly denormal; see ``rose_core.pergrad.flush_denormals``), so the
+``fwd+act-bwd`` floor and ROSE's rows have it and the peers, ``forward`` and ``fwd+bwd`` run as they
+ship; ``--flush-denormal all`` flushes for the whole run (every method), the like-for-like comparison.
+
 **Timing**: ``torch.set_num_threads(--threads)`` (default 1, for comparability on a shared
 machine), the same batches, methods interleaved in every repeat with the order reversed on
 alternate repeats, best of ``--repeats``; the load average is recorded before and after.
@@ -491,7 +496,8 @@ def memory_in_children(args, names: list[str], fits_dir: Path) -> dict[str, dict
 
 
 def _passthrough(args) -> list[str]:
-    keep = ["checkpoint", "glow_checkpoint", "batch_size", "n", "fit_n", "cal_n", "glow_n", "threads", "device"]
+    keep = ["checkpoint", "glow_checkpoint", "batch_size", "n", "fit_n", "cal_n", "glow_n", "threads", "device",
+            "flush_denormal"]
     out = []
     for k in keep:
         out += ["--" + k.replace("_", "-"), str(getattr(args, k))]
@@ -658,6 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, for comparability)")
     ap.add_argument("--checkpoint", default="checkpoints/vae-fmnist")
     ap.add_argument("--glow-checkpoint", default="checkpoints/glow-fmnist")
+    ap.add_argument("--flush-denormal", choices=["rose", "all"], default="rose",
+                    help="rose: only ROSE's capture flushes float32 denormals (as it ships; the peers run as they "
+                         "ship); all: torch.set_flush_denormal(True) for the whole run, peers and floor included")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses (CPU)")
     ap.add_argument("--profile", action="store_true", help="write the torch.profiler breakdown instead")
     ap.add_argument("--profile-out", default=str(ROOT / "results" / "benchmarks" / "profile.txt"))
@@ -666,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fits-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.flush_denormal == "all":
+        torch.set_flush_denormal(True)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"--device {args.device}: CUDA is not available on this machine (torch {torch.__version__}, "
@@ -850,6 +861,7 @@ def main(argv: list[str] | None = None) -> int:
            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
            "batch_size": args.batch_size, "n_scored": len(s.x), "n_fit": len(s.fit_x), "n_calibration": len(s.cal_x),
            "n_glow": args.glow_n, "repeats": args.repeats, "rtol": args.rtol, "dtype": "float32",
+           "flush_denormal": args.flush_denormal,
            "loadavg_before": load_before, "loadavg_after": load_after, "floor": "fwd+act-bwd",
            "memory_method": mem_how, "results": rows, "peers": report, "ekfac_fit_check": fit_check,
            "layer_type_probe": probe, "goals": goals, "wall_s_total": time.time() - t_start}
