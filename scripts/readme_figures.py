@@ -6,6 +6,7 @@ replaced by the table :data:`BLOCKS` ``[NAME]`` renders from:
 * ``checkpoints/*.json`` — the shipped checkpoints' cards;
 * ``results/<checkpoint>/metrics.parquet``, ``stress.parquet``, ``throughput.parquet``,
   ``manifest.json`` — the results bundle (``python -m rose_core evaluate``);
+* ``results/benchmarks/app.json`` — ``benchmarks/bench_app.py``;
 * ``results/benchmarks/fit.json`` — ``benchmarks/bench_fit.py``.
 
 ``python scripts/readme_figures.py`` rewrites the README; ``--check`` exits 1 when a block is
@@ -178,7 +179,31 @@ def throughput() -> str:
     return "\n".join(rows) + "\n"
 
 
+def app_speed() -> str:
+    """The app in Chromium: cold start, first renders, widget changes (``benchmarks/bench_app.py``)."""
+    p = ROOT / "results" / "benchmarks" / "app.json"
+    if not p.exists():
+        return "_Not measured yet: `python benchmarks/bench_app.py`._\n"
+    b = json.loads(p.read_text())
+    t = b["targets_s"]
+
+    def row(what: str, v: float, target: float) -> str:
+        return f"| {what} | {v:.2f} | under {target:.0f} | {'yes' if v < target else '**no**'} |"
+
+    rows = ["| in Chromium, for the shipped model | seconds | target | met |", "|---|---|---|---|",
+            row("cold start to a rendered Home", b["cold_start_s"], t["cold_start_s"])]
+    rows += [row(f"{page}: first render", v, t["first_render_s"]) for page, v in b["first_render_s"].items()]
+    rows += [row(change, v, t["widget_change_s"]) for change, v in b["widget_change_s"].items()]
+    rounds = max(len(v) for v in b["widget_change_all_s"].values()) if b["widget_change_all_s"] else 0
+    return ("\n".join(rows) + "\n\n"
+            f"`{b['model']}`, Streamlit {b['streamlit']}, {b['browser']}; a widget change is the slowest of {rounds} "
+            f"round(s). {b['cpu_count']} cores ({b['cpu']}); 1-minute load average {b['load_avg_before'][0]} before, "
+            f"{b['load_avg_after'][0]} after" + (f"; {b['note']}" if b.get("note") else "") +
+            f". Measured by `{b['command']}` at commit {b['commit']}.\n")
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
+    "app-speed": app_speed,
     "checkpoints": checkpoints, "nll-failure": nll_failure, "vae-auroc": vae_auroc, "glow-auroc": glow_auroc,
     "vae-stress": vae_stress, "verdict": verdict, "glow-stress": glow_stress, "fit-speed": fit_speed, "throughput": throughput,
 }
