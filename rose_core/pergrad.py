@@ -391,7 +391,7 @@ def _denormals_flushed() -> bool:
 
 
 @contextlib.contextmanager
-def _flush_denormals(device: torch.device):
+def flush_denormals(device: torch.device):
     """Flush float32 denormals to zero on the CPU for the duration (``torch.set_flush_denormal``), restoring
     the previous setting afterwards.
 
@@ -426,7 +426,7 @@ def capture_factors(model: nn.Module, x: torch.Tensor, layers: Mapping[str, nn.M
     layers' outputs are computed (``torch.autograd.grad`` with those outputs as inputs): no
     parameter gradient is formed, and ``.grad`` of parameters is left untouched. Each scored
     layer must be called exactly once per forward pass. On the CPU, float32 denormals are flushed to
-    zero during the passes (:func:`_flush_denormals`: much faster, values change only below 1.2e-38).
+    zero during the passes (:func:`flush_denormals`: much faster, values change only below 1.2e-38).
     """
     loss_fn = loss_fn or model.per_sample_loss
     for name, m in layers.items():
@@ -453,7 +453,7 @@ def capture_factors(model: nn.Module, x: torch.Tensor, layers: Mapping[str, nn.M
         return hook
 
     with _eval_mode(model), torch.enable_grad(), _params_require_grad(list(layers.values())) as params, \
-            _flush_denormals(x.device):
+            flush_denormals(x.device):
         handles = [m.register_forward_hook(make_hook(name)) for name, m in layers.items()]
         try:
             loss = loss_fn(x)

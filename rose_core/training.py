@@ -39,6 +39,7 @@ from rose_core.checkpoint import (load_model, load_training_state, read_card, sa
 from rose_core.data import load_dataset, to_model_input
 from rose_core.errors import InvalidInput
 from rose_core.models import GenerativeModel, build_model
+from rose_core.pergrad import flush_denormals
 from rose_core.perturb import random_pixels
 
 log = logging.getLogger(__name__)
@@ -231,10 +232,22 @@ def train(cfg: TrainConfig) -> dict:
                     optimizer.state[p][k] = v.to(device)
 
     data = torch.from_numpy(np.ascontiguousarray(train_images)).permute(0, 3, 1, 2).to(device)
+    loss_fn = torch.compile(model.training_loss) if cfg.compile else model.training_loss
+    # A trained decoder's 256-way softmax gradient is mostly float32 denormals, a slow path on x86 CPUs:
+    # flushing them to zero (values below 1.2e-38 only) makes training steps of trained models much faster
+    # (benchmarks/bench_train.py measures it: variant flush_denormal).
+    with flush_denormals(device):
+        return _epochs(cfg, model, optimizer, loss_fn, data, test_images, out, device, base_lr, start_epoch,
+                       elapsed_before, step, warmup_origin)
+
+
+def _epochs(cfg: TrainConfig, model, optimizer, loss_fn, data: torch.Tensor, test_images: np.ndarray, out: Path,
+            device: torch.device, base_lr: float, start_epoch: int, elapsed_before: float, step: int,
+            warmup_origin: int) -> dict:
+    """The training loop from ``start_epoch``, then the test bits/dim; returns the card."""
     channels = model.config.channels
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    loss_fn = torch.compile(model.training_loss) if cfg.compile else model.training_loss
     t0 = time.time()
     skipped = 0
     epoch = start_epoch
