@@ -130,20 +130,24 @@ def train_form(dataset: str) -> dict | None:
               help="Stops training at its next progress update; the last completed epoch is kept and Train resumes.")
     if st.session_state.get("yd_trained"):
         st.success(st.session_state.pop("yd_trained"))
-    elif st.session_state.get("yd_stop") and saved is not None:
-        st.info(f"Stopped. The model after epoch {saved.get('epochs')} is saved; Train resumes from it.")
+    if st.session_state.pop("yd_running", False) and not go:   # a run this session started did not finish
+        st.info("Training stopped. " + (f"The model after epoch {saved.get('epochs')} is saved; Train resumes from it."
+                                        if saved is not None else "No epoch had finished, so nothing was saved."))
     if not go:
         return saved
     bar = st.progress(0.0, text="Loading the images")
+    st.session_state["yd_running"] = True   # cleared when the run finishes; Stop interrupts it before that
     try:
         card = train_user_model(dataset, checkpoints_dir(), epochs=epochs, capacity=width / 32,
                                 resume=not fresh, data_root=data_dir(),
                                 on_progress=lambda ev: bar.progress(*progress_text(ev)))
     except RoseError as exc:
         bar.empty()
+        st.session_state.pop("yd_running", None)
         st.error(str(exc))
         return saved
     bar.empty()
+    st.session_state.pop("yd_running", None)
     state.model_cards.clear()   # the new model appears in the picker at once
     st.session_state["model_choice"] = dataset
     st.session_state["yd_trained"] = (

@@ -90,6 +90,12 @@ def test_import_train_fit_compare_and_resume(page_env):
     assert len(at.get("plotly_chart")) == 2
     assert "6 held-out images" in _texts(at)   # the evaluation half of the 12 held-out files
 
+    at.session_state["yd_running"] = True   # what a run interrupted by Stop leaves behind
+    _run(at)
+    assert "Training stopped. The model after epoch 1 is saved; Train resumes from it." in _texts(at)
+    _run(at)
+    assert "Training stopped" not in _texts(at)   # said once
+
     at.number_input(key="yd_epochs").set_value(2)   # Train again resumes the saved model
     at.button(key="yd_train").click()
     _run(at)
