@@ -140,8 +140,11 @@ st.markdown(f"{rule}  \n{verdict_words.meaning(result.verdict_test, tpr)}  \nLik
 for msg in live.messages:
     st.caption(f"Note: {msg}")
 if live.fit_source != "bundle":
-    st.caption(f"ROSE fit made on this machine ({live.describe()['definition']}); the results bundle has no "
-               "fit of this definition for this model.")
+    st.caption(f"Scored live here. ROSE fit made on this machine ({live.describe()['definition']}); the results "
+               "bundle has no fit of this definition for this model.")
+else:
+    st.caption(f"Scored live here, with the results bundle's ROSE fit (`results/{name}/fits/{live.method}`); nothing "
+               "on this page is precomputed.")
 
 frame = result.to_frame(threshold=threshold, tpr=tpr)
 n_ood = int(verdicts.sum())

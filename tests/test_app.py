@@ -867,6 +867,8 @@ def test_two_uploads_side_by_side_coloured_verdicts_named_export_and_shrink_note
     at = open_page("pages/1_score_images.py")
     at.file_uploader(key="score_files").set_value(files).run()
     assert not at.exception, [e.value for e in at.exception]
+    assert f"Scored live here, with the results bundle's ROSE fit (`results/{MODEL}/fits/rose-ekfac`)" in " ".join(
+        texts(at, "caption"))
     notes = [w for w in texts(at, "warning") if w.startswith("**huge.png**")]
     assert len(notes) == 1 and "shrunk from 4000×4000 to 32×32" in notes[0]
     assert not [w for w in texts(at, "warning") if "**digit.png**" in w or "**boot.png**" in w]
