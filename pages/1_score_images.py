@@ -26,6 +26,7 @@ SHRINK_NOTE = 2  # an upload more than this many times the model's input size on
 JPEG_FORMATS = ("JPEG", "MPO")
 
 name, card = ui.open_page("Score images")
+state.warm_up(name)  # landing here first: the scorer loads while the user picks images (once per server)
 
 c1, c2 = st.columns([2, 1])
 source = c1.radio("Images from", ["Upload files", "Dataset samples"], horizontal=True, key="score_source")
