@@ -957,3 +957,13 @@ def test_cancelled_scoring_of_dataset_samples_shows_no_verdict_until_run_again(a
     resume = [b for b in at.button if b.key and b.key.startswith("resume_")]
     resume[0].click().run()
     assert not at.exception and at.dataframe[0].value.shape[0] == 2
+
+
+def test_a_single_rejected_file_is_named_without_the_upload_prompt(app_env):
+    at = open_page("pages/1_score_images.py")
+    at.file_uploader(key="score_files").set_value([("notes.txt", b"just some text\n", "text/plain")]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("**notes.txt** was not scored" in e for e in texts(at, "error"))
+    infos = texts(at, "info")
+    assert not any("Upload one or more images" in i for i in infos)
+    assert any(i.startswith("None of the uploaded files could be scored") for i in infos)
