@@ -25,6 +25,7 @@ def env(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.setenv("ROSE_USER_DATA", str(tmp_path / "user"))
     data_root = tmp_path / "data"
+    monkeypatch.setenv("ROSE_DATA", str(data_root))   # training caches the registry's copy here, not in ./data
     folder = tmp_path / "images"
     rng = np.random.default_rng(0)
     for i in range(25):
