@@ -202,10 +202,168 @@ def app_speed() -> str:
             f". Measured by `{b['command']}` at commit {b['commit']}.\n")
 
 
+def _mib(m: dict | None) -> str:
+    if not m or m.get("peak_rss_mib", m.get("max_memory_allocated_mib")) is None:
+        return "—"
+    if "peak_rss_mib" in m:
+        return f"{m['peak_rss_mib']:,.0f} (+{m['added_mib']:,.0f})"
+    return f"{m['max_memory_allocated_mib']:,.0f}"
+
+
+def _peers(name: str) -> str:
+    """ROSE's per-layer scores and EKFAC fit against the peers (``benchmarks/bench_peers.py``)."""
+    p = ROOT / "results" / "benchmarks" / name
+    if not p.exists():
+        return "_Not measured yet: `python benchmarks/bench_peers.py`._\n"
+    b = json.loads(p.read_text())
+    res, chk = b["results"], b["peers"]
+    mem_col = "peak MiB (+ added by the method)" if b["device"] == "cpu" else "peak GPU MiB"
+    rows = [f"| method | images/s | CPU ms/image | × floor | ROSE faster by | {mem_col} | scores vs ROSE (max rel. err) |",
+            "|---|---|---|---|---|---|---|"]
+    for group in ("floor", "rose", "peer-diag", "peer-ekfac"):
+        for k, r in res.items():
+            if r["group"] != group:
+                continue
+            c = chk.get(k)
+            check = "reference" if group == "rose" else ("—" if c is None else f"{c['max_rel_err']:.0e}")
+            speed = f"{r['rose_speedup_over']:.2f}× ({r['compared_with']})" if "rose_speedup_over" in r else "—"
+            name_ = f"**{k}**" if group == "rose" else k
+            rows.append(f"| {name_} | {r['images_per_s']:.1f} | {r['cpu_ms_per_image']:.2f} | {r['ratio_to_floor']:.2f} | "
+                        f"{speed} | {_mib(r.get('memory'))} | {check} |")
+    untimed = [f"{k} ({e['reason']})" for k, e in chk.items() if not e["agrees"]]
+    fits = {k: r for k, r in res.items() if r["group"] == "fit"}
+    glow = {k: r for k, r in res.items() if r["group"] == "glow"}
+    text = "\n".join(rows) + "\n\n"
+    if fits:
+        fr = ["| EKFAC fit, same images | images/s | CPU ms/image | peak MiB (+ added) |", "|---|---|---|---|"]
+        fr += [f"| {k.removeprefix('fit ')} | {r['images_per_s']:.1f} | {r['cpu_ms_per_image']:.2f} | "
+               f"{_mib(r.get('memory'))} |" for k, r in fits.items()]
+        text += "\n".join(fr) + "\n\n"
+        fc = b.get("ekfac_fit_check", {})
+        if "max" in fc:
+            text += (f"The two fits agree: Kronecker factors (unit trace) and corrected eigenvalues Σ in ROSE's bases "
+                     f"within {fc['max']:.0e} normwise (tolerance {fc['rtol']:g}). ")
+        elif fc.get("reason"):
+            text += f"nngeometry's fit was not compared: {fc['reason']}. "
+    if glow:
+        gl = " · ".join(f"{k.removeprefix('glow ')} {r['images_per_s']:.1f} img/s" for k, r in glow.items())
+        text += (f"Glow's {b.get('glow_layers')} invertible 1×1 convolutions with DIAG ({b['n_glow']} images): {gl}; "
+                 "no peer can express that layer (`layer_type_probe` in the JSON says why for each). ")
+    ratios = [(k, v) for k, v in b.get("goals", {}).items() if isinstance(v, float)]
+    text += "Ratios from this one run (wall clock): " + "; ".join(f"{k} **{v:.2f}**" for k, v in ratios) + ". "
+    cpu = []
+    for kind in ("DIAG", "EKFAC"):
+        peers_ = [r["cpu_ms_per_image"] for r in res.values() if r["group"] == f"peer-{kind.lower()}"]
+        if peers_ and f"ROSE-{kind}" in res:
+            cpu.append(f"ROSE-{kind} / cheapest peer {min(peers_) / res[f'ROSE-{kind}']['cpu_ms_per_image']:.2f}, "
+                       f"/ floor {res['fwd+act-bwd']['cpu_ms_per_image'] / res[f'ROSE-{kind}']['cpu_ms_per_image']:.2f}")
+    if cpu:
+        text += "By CPU time (less sensitive to other jobs on a shared machine): " + "; ".join(cpu) + ". "
+    if untimed:
+        text += "Not timed (failed the check): " + "; ".join(untimed) + ". "
+    if b.get("flush_denormal", "rose") == "all":
+        text += "Every method ran with float32 denormals flushed to zero (`--flush-denormal all`). "
+    else:
+        text += ("ROSE's capture flushes float32 denormals while it runs (so do its rows and the fwd+act-bwd floor); "
+                 "the peers, forward and fwd+bwd run as they ship. ")
+    load = f"{b['loadavg_before'][0]:.1f} → {b['loadavg_after'][0]:.1f}"
+    text += (f"Device {b['device']}" + (f" ({b['gpu']})" if b.get("gpu") else f", {b['cpu_count']} cores") +
+             f", {b['threads']} thread(s), batch {b['batch_size']}, {b['n_scored']} scored / {b['n_fit']} fit images, "
+             f"best of {b['repeats']}, load average {load} (`{b['command'].strip()}`).\n")
+    return text
+
+
+def peers() -> str:
+    return _peers("peers.json")
+
+
+def peers_ftz() -> str:
+    return _peers("peers-ftz.json")
+
+
+def score_speed() -> str:
+    """``python -m rose_core score`` on 1k/5k/10k PNG files (``benchmarks/bench_score.py``)."""
+    p = ROOT / "results" / "benchmarks" / "score.json"
+    if not p.exists():
+        return "_Not measured yet: `python benchmarks/bench_score.py`._\n"
+    b = json.loads(p.read_text())
+    rows = ["| PNG files | images/s | scorer idle (waiting for decoded batches) | peak MiB, scorer | peak MiB, a decoding worker |",
+            "|---|---|---|---|---|"]
+    for r in b["runs"].values():
+        rows.append(f"| {r['files']:,} | {r['images_per_s']:.1f} | {100 * r['idle_fraction']:.1f} % | "
+                    f"{r['peak_rss_mib']:,.0f} | {r['workers_peak_rss_mib']:,.0f} |")
+    load = f"{b['loadavg_before'][0]:.1f} → {b['loadavg_after'][0]:.1f}"
+    return ("\n".join(rows) + "\n\n"
+            f"ROSE-{b['fisher'].upper()}, batch {b['batch_size']}, {b['threads']} thread(s), {b['workers']} decoding "
+            f"worker(s), {b['cpu_count']} cores; peak memory of the largest input over the smallest: "
+            f"**{b['peak_growth_largest_over_smallest']:.2f}×**; load average {load} (`{b['command'].strip()}`).\n")
+
+
+CLASSIFIER_TITLES = {"basic-cnn": "Basic CNN", "vgg11": "VGG-11", "resnet18": "ResNet-18"}
+
+
+def _classifier_bundles() -> list[tuple[str, dict, Results]]:
+    out = []
+    for card_file in sorted((ROOT / "checkpoints").glob("cls-*.json")):
+        if card_file.name.endswith(".train.json"):
+            continue
+        card = json.loads(card_file.read_text())
+        res = _bundle(card_file.stem)
+        if card.get("kind") == "classifier" and res.has("layer_metrics"):
+            out.append((card_file.stem, card, res))
+    order = list(CLASSIFIER_TITLES)
+    return sorted(out, key=lambda t: order.index(t[1]["config"]["architecture"]))
+
+
+def figure6() -> str:
+    bundles = _classifier_bundles()
+    if not bundles:
+        return "_Not computed yet: `python -m rose_core evaluate --checkpoint checkpoints/cls-… --preset figure6`._\n"
+    rows = ["| network | test accuracy | training budget | AUROC of each layer vs MNIST, input → output | best layer "
+            "(mean AUROC over the OOD sets) |", "|---|---|---|---|---|"]
+    for name, card, res in bundles:
+        f6 = res.meta.get("figure6", {})
+        depths = f6.get("layer_depths", {})
+        lm = res.table("layer_metrics")
+        mnist = lm[lm["ood_set"] == "mnist"].assign(depth=lambda d: d["layer"].map(depths)).sort_values("depth")
+        mean = lm.groupby("layer")["auroc"].mean()
+        best = mean.idxmax()
+        rows.append(f"| `{name}` ({CLASSIFIER_TITLES[card['config']['architecture']]}) | {card['test_accuracy']:.3f} "
+                    f"({card['test_images']} images) | {card['budget']}, {card['train_seconds'] / 60:.0f} min | "
+                    + " ".join(f"{v:.2f}" for v in mnist["auroc"]) + f" | {best} (depth {depths.get(best)}, "
+                    f"{mean[best]:.3f}) |")
+    f6 = bundles[0][2].meta.get("figure6", {})
+    return ("\n".join(rows) + "\n\n" + f"ROSE-DIAG, {f6.get('n_fisher')} Fisher and {f6.get('n_calibration')} "
+            f"calibration images, {f6.get('n_in')} in-distribution and {f6.get('n_ood')} images per OOD set "
+            f"({', '.join(dataset_label(s) for s in bundles[0][2].ood_info())}).\n")
+
+
+def classifier_detectors() -> str:
+    bundles = _classifier_bundles()
+    if not bundles:
+        return "_Not computed yet: `python -m rose_core evaluate --checkpoint checkpoints/cls-… --preset figure6`._\n"
+    sets = list(bundles[0][2].ood_info())
+    rows = ["| network | method | " + " | ".join(f"AUROC {dataset_label(s)}" for s in sets)
+            + " | AUROC overall | FPR95 overall | images/s |", "|---|---|" + "---|" * (len(sets) + 3)]
+    for name, card, res in bundles:
+        m = res.table("metrics")
+        speed = res.table("throughput").set_index("method")["images_per_s"]
+        for method, part in m.groupby("method", sort=False):
+            by = part.set_index("ood_set")
+            label = "ROSE (DIAG)" if method == "rose-diag" else f"{method} (pytorch-ood)"
+            rows.append(f"| {CLASSIFIER_TITLES[card['config']['architecture']]} | {label} | "
+                        + " | ".join(_f(by.loc[s, "auroc"]) for s in sets)
+                        + f" | {_f(by.loc['overall', 'auroc'])} | {_f(by.loc['overall', 'fpr95'])} | "
+                        f"{speed.get(method, float('nan')):.3g} |")
+    note = bundles[0][2].meta.get("figure6", {}).get("detectors", "")
+    return "\n".join(rows) + f"\n\n{note}; images/s: scoring only, fits excluded, one run per network.\n"
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "app-speed": app_speed,
     "checkpoints": checkpoints, "nll-failure": nll_failure, "vae-auroc": vae_auroc, "glow-auroc": glow_auroc,
     "vae-stress": vae_stress, "verdict": verdict, "glow-stress": glow_stress, "fit-speed": fit_speed, "throughput": throughput,
+    "peers": peers, "peers-ftz": peers_ftz, "score-speed": score_speed,
 }
 
 

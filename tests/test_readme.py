@@ -33,3 +33,25 @@ def test_default_verdict_is_the_recorded_decision():
     for name, kind in (("vae-fmnist", "vae"), ("glow-fmnist", "glow")):
         decision = json.loads((REPO / "results" / name / "verdict.json").read_text())
         assert decision["verdict"] == VERDICT_BY_KIND[kind], (name, decision["reason"])
+
+
+def test_peer_and_batch_scoring_blocks_show_every_measured_row(monkeypatch, tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import readme_figures
+
+    for artifact, render in (("peers.json", readme_figures.peers), ("peers-ftz.json", readme_figures.peers_ftz)):
+        peers = json.loads((REPO / "results" / "benchmarks" / artifact).read_text())
+        text = render()
+        for name, row in peers["results"].items():
+            assert name.removeprefix("fit ").removeprefix("glow ") in text
+            assert f"{row['images_per_s']:.1f}" in text
+        for name, entry in peers["peers"].items():   # every peer method is either timed or listed with its reason
+            assert entry["agrees"] or entry["reason"] in text
+    score = json.loads((REPO / "results" / "benchmarks" / "score.json").read_text())
+    text = readme_figures.score_speed()
+    for run in score["runs"].values():
+        assert f"| {run['files']:,} | {run['images_per_s']:.1f} | {100 * run['idle_fraction']:.1f} % |" in text
+    monkeypatch.setattr(readme_figures, "ROOT", tmp_path)   # no artifact: say so, never a number
+    assert readme_figures.peers().startswith("_Not measured yet")
+    assert readme_figures.peers_ftz().startswith("_Not measured yet")
+    assert readme_figures.score_speed().startswith("_Not measured yet")
