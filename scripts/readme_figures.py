@@ -7,7 +7,9 @@ replaced by the table :data:`BLOCKS` ``[NAME]`` renders from:
 * ``results/<checkpoint>/metrics.parquet``, ``stress.parquet``, ``throughput.parquet``,
   ``manifest.json`` — the results bundle (``python -m rose_core evaluate``);
 * ``results/benchmarks/app.json`` — ``benchmarks/bench_app.py``;
-* ``results/benchmarks/fit.json`` — ``benchmarks/bench_fit.py``.
+* ``results/benchmarks/fit.json`` — ``benchmarks/bench_fit.py``;
+* ``results/benchmarks/your_data.json`` — ``benchmarks/bench_your_data.py``;
+* ``results/cls-*/`` — the classifiers' bundles (``evaluate --preset figure6``).
 
 ``python scripts/readme_figures.py`` rewrites the README; ``--check`` exits 1 when a block is
 stale (``tests/test_readme.py`` runs it, so a hand-typed or outdated number fails the suite).
@@ -46,12 +48,16 @@ def _bundle(name: str) -> Results:
 def checkpoints() -> str:
     rows = ["| checkpoint | model | trained on | epochs | test bits/dim |", "|---|---|---|---|---|"]
     for card_file in sorted((ROOT / "checkpoints").glob("*.json")):
+        if card_file.name.startswith("user-") or card_file.name.endswith(".train.json"):
+            continue   # models trained on a user's own images (git-ignored) and training state are not shipped
         c = json.loads(card_file.read_text())
         cfg = c.get("config", {})
         if c.get("kind") == "vae":
             model = f"VAE n={cfg.get('base_width')}, z={cfg.get('latent_dim')}"
         elif c.get("kind") == "glow":
             model = f"Glow K={cfg.get('K')}, L={cfg.get('L')}, hidden {cfg.get('hidden')}"
+        elif c.get("kind") == "classifier":
+            model = f"{CLASSIFIER_TITLES.get(cfg.get('architecture'), cfg.get('architecture'))} classifier (accuracy {c.get('test_accuracy', 0):.3f})"
         elif c.get("scorer") == "rnd":
             model = f"RND predictor, {cfg.get('perturbation', '?').upper()} blurring"
         else:
@@ -359,11 +365,32 @@ def classifier_detectors() -> str:
     return "\n".join(rows) + f"\n\n{note}; images/s: scoring only, fits excluded, one run per network.\n"
 
 
+def your_data() -> str:
+    p = ROOT / "results" / "benchmarks" / "your_data.json"
+    if not p.exists():
+        return "_Not measured yet: `python benchmarks/bench_your_data.py`._\n"
+    b = json.loads(p.read_text())
+    rows = ["| images | import (decode, resize, split) | train VAE | per epoch | ROSE fit | total | test bits/dim |",
+            "|---|---|---|---|---|---|---|"]
+    for r in b["runs"]:
+        shape = "×".join(str(v) for v in r["image_shape"])
+        rows.append(f"| {r['files']:,} × {shape} ({r['source']}) | {r['import_seconds']:.0f} s | "
+                    f"{r['train_seconds']:.0f} s ({r['epochs']} epochs) | {r['train_seconds_per_epoch']:.0f} s | "
+                    f"{r['fit_seconds']:.0f} s ({r['n_fisher']:,} Fisher + {r['n_calibration']:,} calibration) | "
+                    f"**{r['total_seconds'] / 60:.1f} min** | {_f(r['test_bits_per_dim'])} |")
+    loads = [v for r in b["runs"] for v in (r["load_before"], r["load_after"])]
+    return ("\n".join(rows) + "\n\n"
+            f"VAE width n = {b['width']}, {b['epochs']} epochs, {b['threads']} torch thread(s) on a {b['cores']}-core "
+            f"CPU; 1-minute load average {min(loads):.1f}–{max(loads):.1f} during the runs (other jobs shared the "
+            f"machine). Measured {b['date'][:10]} by `{b['benchmark']}`.\n")
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "app-speed": app_speed,
     "checkpoints": checkpoints, "nll-failure": nll_failure, "vae-auroc": vae_auroc, "glow-auroc": glow_auroc,
     "vae-stress": vae_stress, "verdict": verdict, "glow-stress": glow_stress, "fit-speed": fit_speed, "throughput": throughput,
     "peers": peers, "peers-ftz": peers_ftz, "score-speed": score_speed,
+    "your-data": your_data, "figure6": figure6, "classifier-detectors": classifier_detectors,
 }
 
 
