@@ -12,6 +12,7 @@ import streamlit as st
 
 from rose_core import charts
 from rose_core.labels import dataset_label, method_label
+from rose_core.paper import key_ood_set
 from studio import glossary, state
 from studio import widgets as ui
 from studio.paths import data_dir
@@ -116,7 +117,7 @@ test that fired.
                     "- **Methods**: Table-2 comparison and throughput")
 
     b = state.bundle(name)
-    ood = "mnist" if "mnist" in b.ood_sets() else (b.ood_sets()[0] if b.ood_sets() else None)
+    ood = key_ood_set(card.get("kind"), card.get("dataset"), b.ood_sets())  # MNIST, or SVHN's stand-in for CIFAR-10
     methods = b.methods() if b.exists else []
     rose = next((f"rose-{f}" for f in state.fisher_order(name) if f"rose-{f}" in methods), None)
     st.subheader(f"Key figure: the likelihood and ROSE on {dataset_label(ood)}" if ood else "Key figure")

@@ -8,6 +8,7 @@ import streamlit as st
 
 from rose_core import charts
 from rose_core.labels import dataset_label, method_label
+from rose_core.paper import key_ood_set
 from studio import glossary, provenance, state
 from studio import widgets as ui
 
@@ -26,7 +27,7 @@ if "nll" not in methods or not roses or not ood_sets:
 
 c1, c2 = st.columns([1, 1])
 c3, c4 = st.columns([1, 1])
-ood = c1.selectbox("OOD set", ood_sets, index=ood_sets.index("mnist") if "mnist" in ood_sets else 0,
+ood = c1.selectbox("OOD set", ood_sets, index=ood_sets.index(key_ood_set(card.get("kind"), card.get("dataset"), ood_sets)),
                    format_func=dataset_label, key="lvr_ood")
 rose = c2.radio("ROSE Fisher", roses, horizontal=True, format_func=method_label, key="lvr_rose",
                 help=glossary.tips("ekfac", "diag"))

@@ -7,10 +7,11 @@ import streamlit as st
 from rose_core import charts
 from rose_core.labels import dataset_label, method_label
 from rose_core.methods import method_short
+from rose_core.paper import key_ood_set
 from studio import glossary, provenance, state
 from studio import widgets as ui
 
-name, _ = ui.open_page("ROC curves")
+name, card = ui.open_page("ROC curves")
 b = ui.require_bundle(name, ("scores",), "This page", state.main_preset(name))
 if b is None:
     st.stop()
@@ -20,7 +21,7 @@ if not ood_sets or not methods:
     ui.missing_bundle_message(name, "The ROC curves", state.main_preset(name))
     st.stop()
 c1, _ = st.columns([1, 1])
-ood = c1.selectbox("OOD set", ood_sets, index=ood_sets.index("mnist") if "mnist" in ood_sets else 0,
+ood = c1.selectbox("OOD set", ood_sets, index=ood_sets.index(key_ood_set(card.get("kind"), card.get("dataset"), ood_sets)),
                    format_func=dataset_label, key="roc_ood")
 chosen = st.multiselect("Methods", methods, default=[m for m in methods if ":" not in m] or methods,
                         format_func=method_label, key="roc_methods",

@@ -7,9 +7,11 @@ import numpy as np
 import streamlit as st
 
 from rose_core import charts
+from rose_core.data import same_distribution
 from rose_core.errors import RoseError
 from rose_core.labels import PERTURBATION_LABELS, dataset_label, dataset_short, method_label
 from rose_core.methods import method_short
+from rose_core.paper import key_ood_set
 from rose_core.results import method_order
 from studio import provenance, state
 from studio import widgets as ui
@@ -32,7 +34,7 @@ b = state.bundle(name)
 st.subheader("Brightness of the OOD images")
 available = state.available_datasets()
 in_dist = card.get("dataset")
-candidates = [d for d in available if d != in_dist]
+candidates = [d for d in available if not same_distribution(d, in_dist)]  # CIFAR-10 is never OOD for CIFAR-10
 metrics = b.table("metrics") if b.exists and b.has("metrics") else None
 swept = sorted(set(metrics.loc[metrics["perturbation"] == "brightness", "ood_set"]) & set(candidates)) \
     if metrics is not None else []
@@ -47,7 +49,7 @@ else:
                                              "live values are precomputed. On: every dataset on this machine; the "
                                              "others are computed live when picked.")
     sets = candidates if every or not swept else swept
-    ood = c1.selectbox("OOD set", sets, index=sets.index("mnist") if "mnist" in sets else 0,
+    ood = c1.selectbox("OOD set", sets, index=sets.index(key_ood_set(card.get("kind"), in_dist, sets)),
                        format_func=dataset_label, key="rob_ood")
     c2, c4 = st.columns([3, 2])
     factor = c2.slider("Brightness factor (×)", 0.2, 1.8, 1.0, 0.2, format="%.1f×", key="rob_brightness",
@@ -144,7 +146,7 @@ else:
                         key="rob_sweep")
     sets = sorted(metrics.loc[metrics["perturbation"] == pert, "ood_set"].unique())
     sweep_set = s2.selectbox("OOD set", sets, format_func=dataset_label, key="rob_sweep_set",
-                             index=sets.index("mnist") if "mnist" in sets else 0)
+                             index=sets.index(key_ood_set(card.get("kind"), in_dist, sets)))
     curve, summary = b.sweep(pert, sweep_set)
     label, unit = PERTURBATION_LABELS[pert]
     st.plotly_chart(charts.sweep_figure(curve, pert, f"AUROC vs {label.lower()} of {dataset_label(sweep_set)}",

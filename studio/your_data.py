@@ -15,6 +15,7 @@ import streamlit as st
 
 from rose_core import charts
 from rose_core.checkpoint import read_card, weights_path
+from rose_core.data import same_distribution
 from rose_core.errors import RoseError
 from rose_core.labels import dataset_label
 from rose_core.metrics import ood_metrics
@@ -166,7 +167,8 @@ def compare(name: str, scorer) -> None:
     another imported folder or zip): AUROC, FPR95 and the two histograms."""
     from rose_core.data import load_dataset
 
-    candidates = [d for d in state.available_datasets(str(data_dir())) if d != scorer.dataset]
+    candidates = [d for d in state.available_datasets(str(data_dir()))
+                  if not same_distribution(d, scorer.dataset)]
     candidates += [d for d in user_datasets(data_dir()) if d != scorer.dataset and d not in candidates]
     if not candidates:
         st.info("No OOD set is available: build them with `make data`, or import a second folder above.")
