@@ -150,6 +150,9 @@ def figure6(checkpoint: str | os.PathLike, results: str | os.PathLike | None = N
         "in_distribution": {"name": IN_DATASET, "split": "test", "half": "evaluation", "n": n_in, "seed": seed},
         "settings": {"n_in": n_in, "n_ood": n_ood, "n_fit": n_fisher, "seed": seed, "batch_size": batch_size},
         "environment": {"device": "cpu", "threads": torch.get_num_threads()},
+        "fit_data": {"name": IN_DATASET, "n_fit": n_fisher,
+                     "fit_fraction": f"none: the Fisher on all of them, calibration on {n_calibration} held-out test "
+                                     "images"},
         "ood_sets": {s: {"title": get_card(s).title, "real": get_card(s).real,
                          "stands_in_for": get_card(s).stands_in_for} for s in sets},
         "experiments": {"figure6": {"tables": ["layer_metrics", "layers", "metrics", "throughput"],
