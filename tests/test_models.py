@@ -83,6 +83,24 @@ def test_iwae_chunking_does_not_change_result(tiny_vae):
         m.iwae_nll(x, k=0)
 
 
+def test_iwae_scores_large_batches_in_groups_of_images(tiny_vae, monkeypatch):
+    from rose_core.models import vae as vae_module
+
+    x = torch.rand(3, 1, 32, 32).double()
+    m = tiny_vae.double()
+    per_image = 5 * 256 * 32 * 32 * 4
+    monkeypatch.setattr(vae_module, "IWAE_LOGITS_BYTES", per_image)          # room for one image at a time
+    torch.manual_seed(5)
+    grouped = m.iwae_nll(x, k=10, chunk=5)
+    torch.manual_seed(5)
+    one_by_one = torch.cat([m.iwae_nll(x[i:i + 1], k=10, chunk=5) for i in range(3)])
+    assert torch.equal(grouped, one_by_one)
+    monkeypatch.setattr(vae_module, "IWAE_LOGITS_BYTES", 2 ** 40)              # one call: other draws
+    torch.manual_seed(5)
+    whole = m.iwae_nll(x, k=10, chunk=5)
+    assert not torch.equal(whole, grouped) and torch.allclose(whole, grouped, rtol=0.05)
+
+
 def test_squeeze_roundtrip():
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(unsqueeze(squeeze(x)), x)

@@ -38,6 +38,9 @@ class VAEConfig:
         return asdict(self)
 
 
+IWAE_LOGITS_BYTES = 2 ** 30
+"""Most bytes of decoder logits :meth:`VAE.iwae_nll` holds at once (the peak is a few times this)."""
+
 VAE_CONFIGS = {
     "fmnist": VAEConfig(channels=1, base_width=32, latent_dim=100),
     "cifar10": VAEConfig(channels=3, base_width=64, latent_dim=200),
@@ -103,10 +106,16 @@ class VAE(GenerativeModel):
         """Importance-weighted NLL estimate with ``k`` samples (Burda et al.), nats.
 
         ``log p(x) ≈ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log k``,
-        computed in chunks of ``chunk`` samples per image, numerically stable.
+        computed in chunks of ``chunk`` samples per image, numerically stable. A batch whose decoder
+        logits for one chunk would pass :data:`IWAE_LOGITS_BYTES` is scored in groups of images (the
+        estimate of each image is the same; its random draws differ from one ungrouped call).
         """
         if k < 1:
             raise ValueError("k must be >= 1")
+        per_image = min(chunk, k) * self.config.channels * 256 * x.shape[-2] * x.shape[-1] * 4  # logits bytes
+        group = max(1, IWAE_LOGITS_BYTES // per_image)
+        if len(x) > group:  # e.g. 500 CIFAR-10 images × 5 samples would hold 8 GB of logits at once
+            return torch.cat([self.iwae_nll(x[i:i + group], k, chunk) for i in range(0, len(x), group)])
         mu, logvar = self.encode(x)
         std = (0.5 * logvar).exp()
         n, d = mu.shape
