@@ -71,6 +71,14 @@ def checkpoints() -> str:
     return "\n".join(rows) + "\n"
 
 
+def model_comparison() -> str:
+    """Each evaluated model against the paper: epochs, training images, bits/dim, headline AUROCs."""
+    from rose_core.reporting.overview import comparison_table
+    from rose_core.results import bundles
+
+    return comparison_table(bundles(ROOT / "results")) + "\n"
+
+
 def nll_failure() -> str:
     rows = ["| model | NLL AUROC, Fashion-MNIST test vs MNIST test |", "|---|---|"]
     for name in ("vae-fmnist", "glow-fmnist"):
@@ -101,6 +109,22 @@ def vae_auroc() -> str:
 def glow_auroc() -> str:
     return _auroc_table("glow-fmnist", ["rose-diag", "rose+typicality", "typicality", "nll",
                                         "input-complexity-png"])
+
+
+def cifar_auroc() -> str:
+    """The CIFAR-10 VAE: AUROC of every method on every OOD set of its bundle (sets as columns)."""
+    res = _bundle("vae-cifar10")
+    if not res.exists:
+        return ("_No results bundle for `vae-cifar10` yet: `python -m rose_core evaluate --checkpoint "
+                "checkpoints/vae-cifar10 --preset table2`._\n")
+    sets = [d for d in res.metric_sets() if d != "overall"] + ["overall"]
+    methods = [m for m in ["rose-ekfac", "rose-diag", "rose+typicality", "typicality", "nll", "input-complexity-png",
+                           "input-complexity-jp2"] if m in res.metric_methods()]
+    rows = ["| method | " + " | ".join(sets) + " |", "|" + "---|" * (len(sets) + 1)]
+    for m in methods:
+        rows.append(f"| {method_title(m)} | " + " | ".join(_f(res.metric(m, d)) for d in sets) + " |")
+    n_in, n_ood = res.counts(methods[0], sets[0]) if methods else (0, 0)
+    return "\n".join(rows) + f"\n\n{n_in} CIFAR-10 test images (evaluation half) vs {n_ood} images per OOD set.\n"
 
 
 def _stress(name: str) -> str:
@@ -185,27 +209,24 @@ def throughput() -> str:
     return "\n".join(rows) + "\n"
 
 
-def app_speed() -> str:
-    """The app in Chromium: cold start, first renders, widget changes (``benchmarks/bench_app.py``)."""
-    p = ROOT / "results" / "benchmarks" / "app.json"
+def your_data() -> str:
+    p = ROOT / "results" / "benchmarks" / "your_data.json"
     if not p.exists():
-        return "_Not measured yet: `python benchmarks/bench_app.py`._\n"
+        return "_Not measured yet: `python benchmarks/bench_your_data.py`._\n"
     b = json.loads(p.read_text())
-    t = b["targets_s"]
-
-    def row(what: str, v: float, target: float) -> str:
-        return f"| {what} | {v:.2f} | under {target:.0f} | {'yes' if v < target else '**no**'} |"
-
-    rows = ["| in Chromium, for the shipped model | seconds | target | met |", "|---|---|---|---|",
-            row("cold start to a rendered Home", b["cold_start_s"], t["cold_start_s"])]
-    rows += [row(f"{page}: first render", v, t["first_render_s"]) for page, v in b["first_render_s"].items()]
-    rows += [row(change, v, t["widget_change_s"]) for change, v in b["widget_change_s"].items()]
-    rounds = max(len(v) for v in b["widget_change_all_s"].values()) if b["widget_change_all_s"] else 0
+    rows = ["| images | import (decode, resize, split) | train VAE | per epoch | ROSE fit | total | test bits/dim |",
+            "|---|---|---|---|---|---|---|"]
+    for r in b["runs"]:
+        shape = "×".join(str(v) for v in r["image_shape"])
+        rows.append(f"| {r['files']:,} × {shape} ({r['source']}) | {r['import_seconds']:.0f} s | "
+                    f"{r['train_seconds']:.0f} s ({r['epochs']} epochs) | {r['train_seconds_per_epoch']:.0f} s | "
+                    f"{r['fit_seconds']:.0f} s ({r['n_fisher']:,} Fisher + {r['n_calibration']:,} calibration) | "
+                    f"**{r['total_seconds'] / 60:.1f} min** | {_f(r['test_bits_per_dim'])} |")
+    loads = [v for r in b["runs"] for v in (r["load_before"], r["load_after"])]
     return ("\n".join(rows) + "\n\n"
-            f"`{b['model']}`, Streamlit {b['streamlit']}, {b['browser']}; a widget change is the slowest of {rounds} "
-            f"round(s). {b['cpu_count']} cores ({b['cpu']}); 1-minute load average {b['load_avg_before'][0]} before, "
-            f"{b['load_avg_after'][0]} after" + (f"; {b['note']}" if b.get("note") else "") +
-            f". Measured by `{b['command']}` at commit {b['commit']}.\n")
+            f"VAE width n = {b['width']}, {b['epochs']} epochs, {b['threads']} torch thread(s) on a {b['cores']}-core "
+            f"CPU; 1-minute load average {min(loads):.1f}–{max(loads):.1f} during the runs (other jobs shared the "
+            f"machine). Measured {b['date'][:10]} by `{b['benchmark']}`.\n")
 
 
 def _mib(m: dict | None) -> str:
@@ -365,29 +386,32 @@ def classifier_detectors() -> str:
     return "\n".join(rows) + f"\n\n{note}; images/s: scoring only, fits excluded, one run per network.\n"
 
 
-def your_data() -> str:
-    p = ROOT / "results" / "benchmarks" / "your_data.json"
+def app_speed() -> str:
+    """The app in Chromium: cold start, first renders, widget changes (``benchmarks/bench_app.py``)."""
+    p = ROOT / "results" / "benchmarks" / "app.json"
     if not p.exists():
-        return "_Not measured yet: `python benchmarks/bench_your_data.py`._\n"
+        return "_Not measured yet: `python benchmarks/bench_app.py`._\n"
     b = json.loads(p.read_text())
-    rows = ["| images | import (decode, resize, split) | train VAE | per epoch | ROSE fit | total | test bits/dim |",
-            "|---|---|---|---|---|---|---|"]
-    for r in b["runs"]:
-        shape = "×".join(str(v) for v in r["image_shape"])
-        rows.append(f"| {r['files']:,} × {shape} ({r['source']}) | {r['import_seconds']:.0f} s | "
-                    f"{r['train_seconds']:.0f} s ({r['epochs']} epochs) | {r['train_seconds_per_epoch']:.0f} s | "
-                    f"{r['fit_seconds']:.0f} s ({r['n_fisher']:,} Fisher + {r['n_calibration']:,} calibration) | "
-                    f"**{r['total_seconds'] / 60:.1f} min** | {_f(r['test_bits_per_dim'])} |")
-    loads = [v for r in b["runs"] for v in (r["load_before"], r["load_after"])]
+    t = b["targets_s"]
+
+    def row(what: str, v: float, target: float) -> str:
+        return f"| {what} | {v:.2f} | under {target:.0f} | {'yes' if v < target else '**no**'} |"
+
+    rows = ["| in Chromium, for the shipped model | seconds | target | met |", "|---|---|---|---|",
+            row("cold start to a rendered Home", b["cold_start_s"], t["cold_start_s"])]
+    rows += [row(f"{page}: first render", v, t["first_render_s"]) for page, v in b["first_render_s"].items()]
+    rows += [row(change, v, t["widget_change_s"]) for change, v in b["widget_change_s"].items()]
+    rounds = max(len(v) for v in b["widget_change_all_s"].values()) if b["widget_change_all_s"] else 0
     return ("\n".join(rows) + "\n\n"
-            f"VAE width n = {b['width']}, {b['epochs']} epochs, {b['threads']} torch thread(s) on a {b['cores']}-core "
-            f"CPU; 1-minute load average {min(loads):.1f}–{max(loads):.1f} during the runs (other jobs shared the "
-            f"machine). Measured {b['date'][:10]} by `{b['benchmark']}`.\n")
+            f"`{b['model']}`, Streamlit {b['streamlit']}, {b['browser']}; a widget change is the slowest of {rounds} "
+            f"round(s). {b['cpu_count']} cores ({b['cpu']}); 1-minute load average {b['load_avg_before'][0]} before, "
+            f"{b['load_avg_after'][0]} after" + (f"; {b['note']}" if b.get("note") else "") +
+            f". Measured by `{b['command']}` at commit {b['commit']}.\n")
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "app-speed": app_speed,
-    "checkpoints": checkpoints, "nll-failure": nll_failure, "vae-auroc": vae_auroc, "glow-auroc": glow_auroc,
+    "checkpoints": checkpoints, "model-comparison": model_comparison, "cifar-auroc": cifar_auroc, "nll-failure": nll_failure, "vae-auroc": vae_auroc, "glow-auroc": glow_auroc,
     "vae-stress": vae_stress, "verdict": verdict, "glow-stress": glow_stress, "fit-speed": fit_speed, "throughput": throughput,
     "peers": peers, "peers-ftz": peers_ftz, "score-speed": score_speed,
     "your-data": your_data, "figure6": figure6, "classifier-detectors": classifier_detectors,
