@@ -111,6 +111,27 @@ def glow_auroc() -> str:
                                         "input-complexity-png"])
 
 
+def train_speed() -> str:
+    """Training throughput per variant (``benchmarks/bench_train.py`` → ``results/benchmarks/train.json``)."""
+    p = ROOT / "results" / "benchmarks" / "train.json"
+    if not p.exists():
+        return "_Not measured yet: `python benchmarks/bench_train.py`._\n"
+    b = json.loads(p.read_text())
+    variants = ["eager", "flush_denormal", "channels_last", "compile"]
+    rows = ["| model (weights) | " + " | ".join(variants) + " | min/epoch (eager → best) |", "|" + "---|" * 6]
+    for name, m in b["models"].items():
+        v = m["variants"]
+        cells = [f"{v[k]['images_per_s']:.1f} img/s ({v[k]['ratio_to_eager']:.2f}×)" if k in v else
+                 f"failed: {m['errors'].get(k, '?')[:40]}" for k in variants]
+        best = min((r["minutes_per_epoch"] for r in v.values()), default=float("nan"))
+        eager = v.get("eager", {}).get("minutes_per_epoch", float("nan"))
+        rows.append(f"| `{name}` ({m['weights']}) | " + " | ".join(cells) + f" | {eager:.0f} → {best:.0f} |")
+    return ("\n".join(rows) + f"\n\nBatch {b['batch_size']}, {b['threads']} thread(s), best of {b['repeats']} "
+            f"alternating repeats of {b['steps']} steps on {b['device']}; load average {b['load_average'][0]} → "
+            f"{b['load_average'][1]} (a shared machine: compare within a row). Minutes per epoch on the model's "
+            "training set.\n")
+
+
 def cifar_auroc() -> str:
     """The CIFAR-10 VAE: AUROC of every method on every OOD set of its bundle (sets as columns)."""
     res = _bundle("vae-cifar10")
@@ -411,7 +432,7 @@ def app_speed() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "app-speed": app_speed,
-    "checkpoints": checkpoints, "model-comparison": model_comparison, "cifar-auroc": cifar_auroc, "nll-failure": nll_failure, "vae-auroc": vae_auroc, "glow-auroc": glow_auroc,
+    "checkpoints": checkpoints, "model-comparison": model_comparison, "cifar-auroc": cifar_auroc, "train-speed": train_speed, "nll-failure": nll_failure, "vae-auroc": vae_auroc, "glow-auroc": glow_auroc,
     "vae-stress": vae_stress, "verdict": verdict, "glow-stress": glow_stress, "fit-speed": fit_speed, "throughput": throughput,
     "peers": peers, "peers-ftz": peers_ftz, "score-speed": score_speed,
     "your-data": your_data, "figure6": figure6, "classifier-detectors": classifier_detectors,
