@@ -967,3 +967,18 @@ def test_a_single_rejected_file_is_named_without_the_upload_prompt(app_env):
     infos = texts(at, "info")
     assert not any("Upload one or more images" in i for i in infos)
     assert any(i.startswith("None of the uploaded files could be scored") for i in infos)
+
+
+def test_model_order_opens_on_the_fashion_mnist_vae_with_a_bundle(tmp_path, monkeypatch):
+    """The picker's first entry (the app's default): bundle first, then VAE, then Fashion-MNIST."""
+    from studio import state
+
+    monkeypatch.setenv("ROSE_RESULTS", str(tmp_path))
+    for name in ("a-cifar", "b-fmnist", "c-glow"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text("{}")
+    cards = {"a-cifar": {"kind": "vae", "dataset": "cifar10-subset"},
+             "b-fmnist": {"kind": "vae", "dataset": "fashion-mnist"},
+             "c-glow": {"kind": "glow", "dataset": "fashion-mnist"},
+             "0-nobundle": {"kind": "vae", "dataset": "fashion-mnist"}}
+    assert state.model_order(cards) == ["b-fmnist", "a-cifar", "c-glow", "0-nobundle"]
