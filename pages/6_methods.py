@@ -7,6 +7,7 @@ import streamlit as st
 from rose_core import charts
 from rose_core.labels import JPEG_NOTE, METRIC_LABELS, dataset_label, dataset_short, method_label, stand_in_note
 from rose_core.methods import method_short
+from rose_core.reporting.classifiers import FIGURE6_SETS, detector_comparison
 from studio import glossary, state
 from studio import widgets as ui
 from studio.format import best_styled, by_method_tables, device_text, number_text, rate_text, table_height
@@ -88,3 +89,26 @@ else:
             st.dataframe(piece, key=f"methods_stress_fa_{k}", height=table_height(shown.shape[1]), hide_index=True)
     if b.table("stress")["dataset"].str.contains("jpeg").any():
         st.caption(JPEG_NOTE)
+
+st.subheader("Beside classifier-based detectors (Figure 6 sets)")
+if b.in_dist() != "fashion-mnist":
+    st.caption(f"The shipped classifiers are trained on Fashion-MNIST; this model's in-distribution is "
+               f"{dataset_label(b.in_dist())}, so there is no like-for-like comparison to show.")
+else:
+    det = detector_comparison(state.all_bundles())
+    if det.empty:
+        st.info("No classifier results yet: the Classifiers page computes them (preset `figure6`), or run "
+                "`python -m rose_core evaluate --checkpoint checkpoints/cls-basic-cnn-fmnist --preset figure6`.")
+    else:
+        shown = det.rename(columns={f"AUROC {s}": f"AUROC {dataset_short(s)}" for s in FIGURE6_SETS})
+        st.dataframe(shown.style.format(precision=3, na_rep="—", subset=[c for c in shown.columns if c.startswith(
+            ("AUROC", "mean"))]).format("{:.1f}", na_rep="—", subset=["images/s"]), hide_index=True,
+            key="methods_detectors", column_config={
+                "mean AUROC": st.column_config.NumberColumn(help=glossary.tip("auroc")),
+                "mean FPR95": st.column_config.NumberColumn(help="False-alarm rate at 95 % of the OOD images "
+                                                                 "detected, averaged over the three sets; lower is better.")})
+        st.caption("Classifier rows (ROSE-DIAG on the cross-entropy at the predicted label, and pytorch-ood's "
+                   "MSP/Energy/ODIN/Mahalanobis/KNN/ViM) share one network and one set of images per network; the "
+                   "generative models' rows come from their own bundles (other images: see `n in / n OOD`), so "
+                   "compare across blocks as a summary. images/s: scoring only, from each bundle's throughput run. "
+                   "The same table is in `docs/results.md` (Figure 6 section).")

@@ -11,7 +11,8 @@ from plotly.subplots import make_subplots
 from rose_core.checkpoint import list_checkpoints, read_card
 from rose_core.errors import RoseError
 from rose_core.labels import dataset_label, stand_in_note
-from rose_core.results import Results
+from rose_core.reporting.classifiers import FIGURE6_SETS, detector_comparison
+from rose_core.results import Results, bundles as results_bundles
 from studio import widgets as ui
 from studio.paths import checkpoints_dir, results_dir
 
@@ -98,26 +99,16 @@ if ready:
                "less than the paper's.")
 if ready:
     st.subheader("ROSE beside the classifier detectors of pytorch-ood")
-    rows = []
-    for name in ready:
-        b = Results(results_dir() / name, strict=False)
-        m = b.table("metrics")
-        speed = b.table("throughput").set_index("method")["images_per_s"] if b.has("throughput") else pd.Series()
-        for method, part in m.groupby("method", sort=False):
-            row = {"network": TITLES.get(nets[name]["config"]["architecture"], name),
-                   "method": "ROSE (DIAG)" if method == "rose-diag" else f"{method} (pytorch-ood)"}
-            row.update({f"AUROC {dataset_label(s)}": a for s, a in zip(part["ood_set"], part["auroc"]) if s != "overall"})
-            overall = part[part["ood_set"] == "overall"]
-            row["AUROC overall"] = overall["auroc"].item() if len(overall) else None
-            row["FPR95 overall"] = overall["fpr95"].item() if len(overall) else None
-            row["images/s"] = speed.get(method)
-            rows.append(row)
-    table = pd.DataFrame(rows)
-    st.dataframe(table.style.format(precision=3, na_rep="—"), hide_index=True)
+    table = detector_comparison(results_bundles(results_dir(), strict=False))
+    table = table.rename(columns={f"AUROC {s}": f"AUROC {dataset_label(s)}" for s in FIGURE6_SETS})
+    st.dataframe(table.style.format(precision=3, na_rep="—").format("{:.1f}", na_rep="—", subset=["images/s"]),
+                 hide_index=True, key="classifiers_detectors")
     notes = {n: (Results(results_dir() / n, strict=False).meta.get("figure6") or {}).get("detectors") for n in ready}
-    st.caption("The same classifier and the same images for every row: in-distribution = the evaluation half of the "
-               "Fashion-MNIST test split; OOD positive; overall = the OOD sets pooled; FPR95 = the false-alarm rate "
-               "at 95 % of the OOD images detected. images/s: scoring only (fits excluded), in one run. "
+    st.caption("Within a network, the same classifier and the same images for every row: in-distribution = the "
+               "evaluation half of the Fashion-MNIST test split; OOD positive. The generative models' rows (VAE, "
+               "Glow) come from their own bundles (other images: see `n in / n OOD`), a summary beside them. Mean "
+               "AUROC and mean FPR95 (the false-alarm rate at 95 % of the OOD images detected; lower is better) "
+               "are over the three sets. images/s: scoring only (fits excluded), in one run per bundle. "
                + " ".join(f"`{n}`: {v}." for n, v in notes.items() if v))
 
 for name in missing:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from rose_core.paper import PAPER, PAPER_SETS
-from rose_core.reporting import experiments, overview, tables
+from rose_core.reporting import classifiers, experiments, overview, tables
 from rose_core.reporting.context import Context
 from rose_core.results import bundles, results_root
 
@@ -27,7 +27,7 @@ from rose_core.results import bundles, results_root
 SECTIONS = [overview.cannot_run, overview.comparison, overview.checkpoints, overview.ood_sets, overview.settings, overview.headline,
             tables.vae_tables, tables.glow_tables, tables.capacity, tables.fisher_kinds,
             experiments.brightness, experiments.perturbations, experiments.measurements, experiments.stress,
-            overview.reproduce]
+            classifiers.section, overview.reproduce]
 """The report's sections after the introduction, in order."""
 
 

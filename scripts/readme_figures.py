@@ -41,6 +41,10 @@ def _f(v, digits: int = 3) -> str:
     return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
 
 
+def _rate(v) -> str:
+    return "—" if v is None or not np.isfinite(v) else f"{v:.3g}"
+
+
 def _bundle(name: str) -> Results:
     return Results.for_checkpoint(name, ROOT / "results")
 
@@ -387,24 +391,25 @@ def figure6() -> str:
 
 
 def classifier_detectors() -> str:
-    bundles = _classifier_bundles()
-    if not bundles:
+    """ROSE beside pytorch-ood's detectors and the Fashion-MNIST generative models: the one table of
+    :func:`rose_core.reporting.classifiers.detector_comparison` (also in docs/results.md and the app)."""
+    from rose_core.reporting.classifiers import FIGURE6_SETS, detector_comparison
+    from rose_core.results import bundles as all_bundles
+
+    table = detector_comparison(all_bundles(ROOT / "results", strict=False))
+    if table.empty:
         return "_Not computed yet: `python -m rose_core evaluate --checkpoint checkpoints/cls-… --preset figure6`._\n"
-    sets = list(bundles[0][2].ood_info())
-    rows = ["| network | method | " + " | ".join(f"AUROC {dataset_label(s)}" for s in sets)
-            + " | AUROC overall | FPR95 overall | images/s |", "|---|---|" + "---|" * (len(sets) + 3)]
-    for name, card, res in bundles:
-        m = res.table("metrics")
-        speed = res.table("throughput").set_index("method")["images_per_s"]
-        for method, part in m.groupby("method", sort=False):
-            by = part.set_index("ood_set")
-            label = "ROSE (DIAG)" if method == "rose-diag" else f"{method} (pytorch-ood)"
-            rows.append(f"| {CLASSIFIER_TITLES[card['config']['architecture']]} | {label} | "
-                        + " | ".join(_f(by.loc[s, "auroc"]) for s in sets)
-                        + f" | {_f(by.loc['overall', 'auroc'])} | {_f(by.loc['overall', 'fpr95'])} | "
-                        f"{speed.get(method, float('nan')):.3g} |")
-    note = bundles[0][2].meta.get("figure6", {}).get("detectors", "")
-    return "\n".join(rows) + f"\n\n{note}; images/s: scoring only, fits excluded, one run per network.\n"
+    cols = [f"AUROC {s}" for s in FIGURE6_SETS]
+    rows = ["| model | method | " + " | ".join(f"AUROC {dataset_label(s)}" for s in FIGURE6_SETS)
+            + " | mean AUROC | mean FPR95 | images/s | n in / n OOD |", "|---|---|" + "---|" * (len(cols) + 4)]
+    for r in table.to_dict("records"):
+        rows.append(f"| {r['model']} | {r['method']} | " + " | ".join(_f(r[c]) for c in cols)
+                    + f" | {_f(r['mean AUROC'])} | {_f(r['mean FPR95'])} | {_rate(r['images/s'])} | {r['n in / n OOD']} |")
+    nets = _classifier_bundles()
+    note = nets[0][2].meta.get("figure6", {}).get("detectors", "") if nets else ""
+    return ("\n".join(rows) + f"\n\nDetectors from {note or 'pytorch-ood'}; mean AUROC / FPR95 over the sets with a "
+            "result; images/s: scoring only, fits excluded, one run per bundle. Within a classifier the rows share "
+            "the network and the images; the generative models' rows come from their own bundles (other images).\n")
 
 
 def app_speed() -> str:

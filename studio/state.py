@@ -149,6 +149,14 @@ def bundle(name: str) -> AppResults:
     return _bundle(str(folder), signature(folder))
 
 
+def all_bundles() -> dict[str, AppResults]:
+    """Every results bundle in the results folder (a folder with a manifest), by checkpoint name."""
+    root = results_dir()
+    if not root.is_dir():
+        return {}
+    return {d.name: bundle(d.name) for d in sorted(root.iterdir()) if (d / "manifest.json").is_file()}
+
+
 # --------------------------------------------------------------------------------------------
 # Long computations: shared across sessions, with a visible progress bar while they run
 # --------------------------------------------------------------------------------------------

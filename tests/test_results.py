@@ -5,6 +5,7 @@ without a Streamlit runtime, on small bundles written here with known values."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -417,3 +418,24 @@ def test_key_figure_set_follows_the_paper_for_the_model():
     assert key_ood_set("vae", "cifar10-subset", ["svhn", "digits-on-photos"]) == "svhn"              # the real set first
     assert key_ood_set("vae", "cifar10-subset", ["noise", "mnist"]) == "mnist"
     assert key_ood_set("vae", "a-users-folder", ["noise"]) == "noise" and key_ood_set(None, None, []) is None
+
+
+def test_report_figure6_and_the_detector_table_from_the_shipped_bundles(tmp_path):
+    """The committed classifier bundles give the Figure 6 section: one layer table per network in depth order,
+    then ROSE beside pytorch-ood's detectors and the Fashion-MNIST generative models; no VAE settings
+    (IWAE k) are printed for a classifier."""
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "results"
+    root.mkdir()
+    for name in ("cls-basic-cnn-fmnist", "vae-fmnist"):
+        (root / name).symlink_to(repo / "results" / name)
+    text = build_report(root, repo / "checkpoints")
+    section = text[text.index("## Figure 6"):]
+    assert "### Basic CNN (`cls-basic-cnn-fmnist`)" in section
+    depths = [int(line.split("|")[1]) for line in section.split("### ROSE beside")[0].splitlines()
+              if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    assert depths == sorted(depths) and depths[0] == 1
+    table = section.split("### ROSE beside")[1]
+    assert "| Basic CNN | ROSE (DIAG) |" in table and "| Basic CNN | ViM (pytorch-ood) |" in table
+    assert "| VAE `vae-fmnist` | ROSE-EKFAC |" in table
+    assert "IWAE k = None" not in text and "`cls-basic-cnn-fmnist` settings (Figure 6 preset)" in text

@@ -7,6 +7,7 @@ import json
 import math
 
 from rose_core.paper import HEADLINES, PAPER, PAPER_TRAINING, ours_set
+from rose_core.reporting import classifiers
 from rose_core.reporting.context import Context, best_variant, experiment, fmt, md_table, ratio, title
 from rose_core.results import Results
 
@@ -157,6 +158,9 @@ def _fit_text(fd: dict) -> str:
 def settings(ctx: Context) -> list[str]:
     out = []
     for b in ctx.bundles.values():
+        if classifiers.is_classifier(b):
+            out += [classifiers.settings_line(b), ""]
+            continue
         s, ind, fd = (b.meta.get(k, {}) for k in ("settings", "in_distribution", "fit_data"))
         sample = f", the {ind['sample']}" if ind.get("sample") else ""
         out += [f"**`{b.name}` settings:** in-distribution {ind.get('name')} test, n = {ind.get('n')} (seed "
