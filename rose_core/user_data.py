@@ -175,7 +175,7 @@ def register_user_datasets(data_root: str | os.PathLike | None = None) -> list[s
                                           f"(file list SHA-256 {str(prov.get('file_list_sha256', ''))[:12]}…), "
                                           f"{prov.get('skipped', 0)} skipped; every 5th file by sorted path is "
                                           "the test split"),
-                             how_to_get="import the folder on the Your data page"),
+                             how_to_get="import the folder on the Your data page", user=True),
                  build, available=path.exists)
         names.append(name)
     return names

@@ -123,3 +123,21 @@ def test_every_cli_command_knows_the_imported_datasets(env, capsys, monkeypatch)
     capsys.readouterr()
     assert main(["datasets"]) == 0
     assert any(line.startswith("user-cli-set") and "available" in line for line in capsys.readouterr().out.splitlines())
+
+
+def test_imported_sets_are_offered_but_never_join_the_harness_default_ood_sets(env):
+    """An imported folder is a choice everywhere (pickers: ``ood_candidates``), but a bundle's default
+    "every available OOD set" must not depend on what was imported on one machine."""
+    from types import SimpleNamespace
+
+    from rose_core.data import ood_candidates
+    from rose_core.evaluation.sampling import Sampling
+
+    import_images(str(env["folder"]), "mine", data_root=env["data"])
+    assert "user-mine" in ood_candidates("fashion-mnist", env["data"])
+    assert "user-mine" not in ood_candidates("fashion-mnist", env["data"], include_user=False)
+    default = Sampling.ood_sets(SimpleNamespace(settings=SimpleNamespace(ood_sets=None), in_dataset="fashion-mnist"))
+    assert "user-mine" not in default and "constant" in default  # generated sets are always available
+    named = Sampling.ood_sets(SimpleNamespace(settings=SimpleNamespace(ood_sets=["user-mine"]),
+                                              in_dataset="fashion-mnist"))
+    assert named == ["user-mine"]

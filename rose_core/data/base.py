@@ -47,6 +47,10 @@ class DatasetCard:
     """The distribution the images are drawn from when several datasets share one (``cifar10``,
     ``cifar10-subset`` and ``cifar10-samples`` are all CIFAR-10); None = the dataset's own name. A
     dataset is never an OOD set for a model trained on a dataset of the same distribution."""
+    user: bool = False
+    """The user's own images, registered at run time (:mod:`rose_core.user_data`). They are offered
+    wherever a dataset can be chosen, but never join a default "every available OOD set" list: a
+    bundle's default OOD sets must not depend on what someone imported on one machine."""
 
     @property
     def distribution_name(self) -> str:

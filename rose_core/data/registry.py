@@ -88,15 +88,18 @@ def is_available(name: str, split: str = "test", root: str | os.PathLike | None 
         return False
 
 
-def available_datasets(root: str | os.PathLike | None = None, include_stress: bool = False) -> list[str]:
+def available_datasets(root: str | os.PathLike | None = None, include_stress: bool = False,
+                       include_user: bool = True) -> list[str]:
     """Datasets whose test split is cached or can be built here.
 
     The stress suite (cards with a ``stress_group``) is left out unless ``include_stress``: it is
     run as its own group (``rose_core.data.stress.stress_sets``), so adding it does not grow every
-    experiment that scores "all available OOD sets".
+    experiment that scores "all available OOD sets". The user's own imported sets (``card.user``)
+    are left out when ``include_user`` is False (the harness's default OOD sets).
     """
     return [n for n in dataset_names()
-            if (include_stress or _REGISTRY[n].card.stress_group is None) and is_available(n, "test", root)]
+            if (include_stress or _REGISTRY[n].card.stress_group is None)
+            and (include_user or not _REGISTRY[n].card.user) and is_available(n, "test", root)]
 
 
 def same_distribution(a: str, b: str) -> bool:
@@ -110,10 +113,12 @@ def same_distribution(a: str, b: str) -> bool:
         return False
 
 
-def ood_candidates(in_dataset: str, root: str | os.PathLike | None = None, include_stress: bool = False) -> list[str]:
+def ood_candidates(in_dataset: str, root: str | os.PathLike | None = None, include_stress: bool = False,
+                   include_user: bool = True) -> list[str]:
     """The available datasets that can serve as OOD sets for a model trained on ``in_dataset``:
-    every one not drawn from the same distribution (:func:`same_distribution`)."""
-    return [n for n in available_datasets(root, include_stress) if not same_distribution(n, in_dataset)]
+    every one not drawn from the same distribution (:func:`same_distribution`); the user's own sets
+    only with ``include_user`` (see :attr:`DatasetCard.user`)."""
+    return [n for n in available_datasets(root, include_stress, include_user) if not same_distribution(n, in_dataset)]
 
 
 def _read_cache(path: Path, card: DatasetCard, split: str) -> ImageSet | None:

@@ -82,8 +82,9 @@ class Sampling:
             return self.in_dataset
 
     def ood_sets(self) -> list[str]:
-        """The settings' OOD sets, else every available dataset except the in-distribution one and
-        the stress suite (run by the ``stress`` preset)."""
+        """The settings' OOD sets, else every available dataset except the in-distribution one, the
+        stress suite (run by the ``stress`` preset) and the user's own imported sets (used only when
+        named, so a bundle's default sets do not depend on what was imported on one machine)."""
         from rose_core.data import ood_candidates, same_distribution
 
         if self.settings.ood_sets is not None:
@@ -92,7 +93,7 @@ class Sampling:
                 log.warning("Not OOD for a model trained on %s (same distribution), left out: %s",
                             self.in_dataset, ", ".join(dropped))
             return [s for s in self.settings.ood_sets if s not in dropped]
-        return [s for s in ood_candidates(self.in_dataset) if not is_stress_set(s)]
+        return [s for s in ood_candidates(self.in_dataset, include_user=False) if not is_stress_set(s)]
 
     def methods(self) -> list[str]:
         if self.settings.methods is not None:
