@@ -10,7 +10,7 @@ from rose_core.methods import method_short
 from rose_core.reporting.classifiers import FIGURE6_SETS, detector_comparison
 from studio import glossary, state
 from studio import widgets as ui
-from studio.format import best_styled, by_method_tables, device_text, number_text, rate_text, table_height
+from studio.format import best_styled, by_method_tables, detector_blocks, device_text, number_text, rate_text, table_height
 
 name, _ = ui.open_page("Methods")
 b = ui.require_bundle(name, ("metrics",), "This page", state.main_preset(name))
@@ -100,15 +100,13 @@ else:
         st.info("No classifier results yet: the Classifiers page computes them (preset `figure6`), or run "
                 "`python -m rose_core evaluate --checkpoint checkpoints/cls-basic-cnn-fmnist --preset figure6`.")
     else:
-        shown = det.rename(columns={f"AUROC {s}": f"AUROC {dataset_short(s)}" for s in FIGURE6_SETS})
-        st.dataframe(shown.style.format(precision=3, na_rep="—", subset=[c for c in shown.columns if c.startswith(
-            ("AUROC", "mean"))]).format("{:.1f}", na_rep="—", subset=["images/s"]), hide_index=True,
-            key="methods_detectors", column_config={
-                "mean AUROC": st.column_config.NumberColumn(help=glossary.tip("auroc")),
-                "mean FPR95": st.column_config.NumberColumn(help="False-alarm rate at 95 % of the OOD images "
-                                                                 "detected, averaged over the three sets; lower is better.")})
-        st.caption("Classifier rows (ROSE-DIAG on the cross-entropy at the predicted label, and pytorch-ood's "
-                   "MSP/Energy/ODIN/Mahalanobis/KNN/ViM) share one network and one set of images per network; the "
-                   "generative models' rows come from their own bundles (other images: see `n in / n OOD`), so "
-                   "compare across blocks as a summary. images/s: scoring only, from each bundle's throughput run. "
+        for k, (model, counts, styler) in enumerate(detector_blocks(det, {s: dataset_short(s) for s in FIGURE6_SETS})):
+            st.markdown(f"**{model}** · {counts} images (in / per OOD set)")
+            st.dataframe(styler, hide_index=True, key=f"methods_detectors_{k}", height=table_height(len(styler.data)))
+        st.caption("AUROC per OOD set; mean = mean AUROC over the sets; FPR95 = the false-alarm rate at 95 % of the "
+                   "OOD images detected, averaged over the sets (lower is better); img/s = images per second, "
+                   "scoring only, from each bundle's throughput run; green = the best in its block. Classifier "
+                   "blocks: ROSE-DIAG on the cross-entropy at the predicted label and pytorch-ood's detectors, one "
+                   "network and one set of images per block. The generative models' blocks come from their own "
+                   "bundles (other images), so compare across blocks as a summary. "
                    "The same table is in `docs/results.md` (Figure 6 section).")

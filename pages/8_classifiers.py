@@ -10,10 +10,11 @@ from plotly.subplots import make_subplots
 
 from rose_core.checkpoint import list_checkpoints, read_card
 from rose_core.errors import RoseError
-from rose_core.labels import dataset_label, stand_in_note
+from rose_core.labels import dataset_label, dataset_short, stand_in_note
 from rose_core.reporting.classifiers import FIGURE6_SETS, detector_comparison
 from rose_core.results import Results, bundles as results_bundles
 from studio import widgets as ui
+from studio.format import detector_blocks, table_height
 from studio.paths import checkpoints_dir, results_dir
 
 TITLES = {"basic-cnn": "Basic CNN", "vgg11": "VGG-11", "resnet18": "ResNet-18"}
@@ -80,16 +81,22 @@ if ready:
     fig.update_layout(title="Layer-wise ROSE-DIAG AUROC, Fashion-MNIST test vs each OOD set", height=420,
                       legend=dict(orientation="h", y=-0.25))
     st.plotly_chart(fig, key="cls_figure6")
-    rows = []
+    rows, counts = [], {}
     for name, c in ready.items():
         card, meta = nets[name], Results(results_dir() / name, strict=False).meta.get("figure6", {})
-        rows.append({"checkpoint": name, "network": TITLES.get(card["config"]["architecture"], name),
-                     "test accuracy": card.get("test_accuracy"), "training budget": card.get("budget"),
-                     "training time (s)": card.get("train_seconds"),
-                     "Fisher / calibration / in / OOD images": f"{meta.get('n_fisher')} / {meta.get('n_calibration')} / "
-                                                               f"{meta.get('n_in')} / {meta.get('n_ood')} per set",
-                     "best layer (mean AUROC)": c.groupby("layer")["auroc"].mean().idxmax()})
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+        acc, secs = card.get("test_accuracy"), card.get("train_seconds")
+        rows.append({"network": TITLES.get(card["config"]["architecture"], name),
+                     "test accuracy": "—" if acc is None else f"{acc:.1%}",
+                     "epochs": str(card.get("epochs", "—")),
+                     "training images": "—" if card.get("train_images") is None else f"{card['train_images']:,}",
+                     "training": "—" if secs is None else f"{secs / 60:.0f} min",
+                     "best layer": c.groupby("layer")["auroc"].mean().idxmax()})
+        counts[name] = (f"{meta.get('n_fisher')} Fisher, {meta.get('n_calibration')} calibration, {meta.get('n_in')} "
+                        f"in-distribution and {meta.get('n_ood')} images per OOD set")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="cls_networks", height=table_height(len(rows)))
+    st.caption("Best layer: the highest mean AUROC over the OOD sets. Images: "
+               + "; ".join(f"`{n}`: {t}" for n, t in counts.items()) + ". Training budgets as on the cards: "
+               + "; ".join(f"`{n}`: {nets[n].get('budget', '?')}" for n in ready) + ".")
     note = stand_in_note(sets)
     if note:
         st.caption(f"Offline stand-ins (not the paper's data): {note}.")
@@ -100,15 +107,16 @@ if ready:
 if ready:
     st.subheader("ROSE beside the classifier detectors of pytorch-ood")
     table = detector_comparison(results_bundles(results_dir(), strict=False))
-    table = table.rename(columns={f"AUROC {s}": f"AUROC {dataset_label(s)}" for s in FIGURE6_SETS})
-    st.dataframe(table.style.format(precision=3, na_rep="—").format("{:.1f}", na_rep="—", subset=["images/s"]),
-                 hide_index=True, key="classifiers_detectors")
+    for k, (model, counts, styler) in enumerate(detector_blocks(table, {s: dataset_short(s) for s in FIGURE6_SETS})):
+        st.markdown(f"**{model}** · {counts} images (in / per OOD set)")
+        st.dataframe(styler, hide_index=True, key=f"cls_detectors_{k}", height=table_height(len(styler.data)))
     notes = {n: (Results(results_dir() / n, strict=False).meta.get("figure6") or {}).get("detectors") for n in ready}
     st.caption("Within a network, the same classifier and the same images for every row: in-distribution = the "
-               "evaluation half of the Fashion-MNIST test split; OOD positive. The generative models' rows (VAE, "
-               "Glow) come from their own bundles (other images: see `n in / n OOD`), a summary beside them. Mean "
-               "AUROC and mean FPR95 (the false-alarm rate at 95 % of the OOD images detected; lower is better) "
-               "are over the three sets. images/s: scoring only (fits excluded), in one run per bundle. "
+               "evaluation half of the Fashion-MNIST test split; OOD positive. The generative models' blocks (VAE, "
+               "Glow) come from their own bundles (other images), a summary beside them. mean = mean AUROC over "
+               "the sets; FPR95 = the false-alarm rate at 95 % of the OOD images detected, averaged over the sets "
+               "(lower is better); img/s: scoring only (fits excluded), in one run per bundle; green = the best in "
+               "its block. Detectors: "
                + " ".join(f"`{n}`: {v}." for n, v in notes.items() if v))
 
 for name in missing:

@@ -76,3 +76,27 @@ def upscale(image: np.ndarray, size: int = 128) -> np.ndarray:
 
     a = image[..., 0] if image.shape[-1] == 1 else image
     return np.asarray(Image.fromarray(a).resize((size, size), Image.NEAREST))
+
+
+def detector_blocks(table: pd.DataFrame, set_names: dict[str, str]) -> list[tuple[str, str, object]]:
+    """:func:`rose_core.reporting.classifiers.detector_comparison` cut into one narrow table per model (a
+    page at 1000 px has room for about seven short columns): ``(model, image counts, Styler)`` with the
+    columns method, one AUROC per set (headed by ``set_names[set]``), mean AUROC, mean FPR95 and images/s.
+    The "(pytorch-ood)" suffix is dropped (the caption says where the detectors come from); within a block
+    the best value of each AUROC column and the lowest mean FPR95 are green."""
+    out = []
+    aurocs = [c for c in table.columns if c.startswith("AUROC ")]
+    for model, part in table.groupby("model", sort=False):
+        num = part[aurocs + ["mean AUROC", "mean FPR95"]].astype(float)
+        best = num.eq(num.max()) & num.notna()
+        best["mean FPR95"] = num["mean FPR95"].eq(num["mean FPR95"].min()) & num["mean FPR95"].notna()
+        text = num.map(lambda v: "—" if pd.isna(v) else f"{v:.3f}")
+        text.insert(0, "method", part["method"].str.replace(" (pytorch-ood)", "", regex=False).to_numpy())
+        text["img/s"] = part["images/s"].map(rate_text).to_numpy()
+        text = text.rename(columns={**{f"AUROC {s}": n for s, n in set_names.items()}, "mean AUROC": "mean",
+                                    "mean FPR95": "FPR95"}).reset_index(drop=True)
+        mask = np.column_stack([np.zeros(len(text), bool), best.to_numpy(), np.zeros(len(text), bool)])
+        styler = text.style.apply(lambda _, m=mask: np.where(m, BEST, ""), axis=None).hide(axis="index")
+        counts = ", ".join(dict.fromkeys(part["n in / n OOD"]))
+        out.append((str(model), counts, styler))
+    return out

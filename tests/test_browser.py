@@ -35,7 +35,8 @@ pytestmark = [
 MODEL = "vae-fmnist"
 WIDTHS = (1400, 1000)
 LINKS = {"home": "Home", "score": "Score images", "likelihood": "Likelihood vs ROSE", "roc": "ROC curves",
-         "layers": "Layer-wise AUROC", "robustness": "Robustness", "methods": "Methods"}
+         "layers": "Layer-wise AUROC", "robustness": "Robustness", "methods": "Methods", "your_data": "Your data",
+         "classifiers": "Classifiers"}
 
 
 @pytest.fixture(scope="module")

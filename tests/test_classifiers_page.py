@@ -42,17 +42,17 @@ def test_figure6_panels_and_the_compute_offer(cls_env):
     assert len(lines) == 2 and {t["name"] for t in lines} == {"MNIST", "Letters A–J from fonts (NotMNIST stand-in)"}
     assert all(list(t["customdata"]) == ["features.0", "features.3", "features.6", "features.8", "fc"] for t in lines)
     assert "Basic CNN (test accuracy 50.0%)" in json.dumps(spec["layout"]["annotations"])
-    table = at.dataframe[0].value
-    assert list(table["checkpoint"]) == ["cls-basic-cnn-fmnist"]
-    side = at.dataframe[1].value
+    table = at.dataframe[0].value  # one row per network, short columns
+    assert list(table["network"]) == ["Basic CNN"] and list(table["test accuracy"]) == ["50.0%"]
+    assert any("`cls-basic-cnn-fmnist`: 100 Fisher, 4 calibration" in c.value for c in at.caption)
+    side = at.dataframe[1].value  # the network's block of the detector table
     from rose_core.evaluation.detectors import DETECTORS, available
 
-    expected = ["ROSE (DIAG)"] + ([f"{d} (pytorch-ood)" for d in DETECTORS] if available()[0] else [])
+    expected = ["ROSE (DIAG)"] + (list(DETECTORS) if available()[0] else [])
     assert list(side["method"]) == expected
-    assert side["mean AUROC"].between(0, 1).all() and (side["images/s"] > 0).all()
-    assert {"AUROC MNIST", "mean FPR95", "n in / n OOD"} <= set(side.columns)
-    kmnist = [c for c in side.columns if "KMNIST" in c]  # not scored in this fixture: a column of gaps
-    assert len(kmnist) == 1 and side[kmnist[0]].isna().all() and side["AUROC MNIST"].notna().all()
+    assert list(side.columns) == ["method", "MNIST", "kana-fonts", "letters-fonts", "mean", "FPR95", "img/s"]
+    assert side["mean"].astype(float).between(0, 1).all() and (side["img/s"] != "—").all()
+    assert (side["kana-fonts"] == "—").all() and (side["MNIST"] != "—").all()  # KMNIST not scored in this fixture
     assert any("`cls-other` has no Figure 6 results yet" in i.value for i in at.info)
     assert any(b.key == "compute_figure6" for b in at.button)
 
@@ -68,9 +68,11 @@ def test_methods_page_shows_the_shipped_vae_beside_the_classifier_detectors(cls_
     at.switch_page("pages/6_methods.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    det = next(d.value for d in at.dataframe if "mean FPR95" in d.value.columns)
-    assert set(det["model"]) == {"Basic CNN", "VAE `vae-fmnist`"}
-    vae = det[det["model"] == "VAE `vae-fmnist`"].set_index("method")
-    assert {"ROSE-EKFAC", "NLL"} <= set(vae.index)
-    assert vae.loc["ROSE-EKFAC", "mean AUROC"] > vae.loc["NLL", "mean AUROC"]  # the shipped VAE's story
-    assert (det["images/s"] > 0).all()
+    blocks = [d.value for d in at.dataframe if "FPR95" in d.value.columns]
+    heads = [m.value for m in at.markdown if m.value.startswith("**") and "images (in / per OOD set)" in m.value]
+    assert len(blocks) == 2 and heads[0].startswith("**Basic CNN**") and heads[1].startswith("**VAE `vae-fmnist`**")
+    cnn, vae = blocks[0].set_index("method"), blocks[1].set_index("method")
+    assert list(cnn.columns) == ["MNIST", "kana-fonts", "letters-fonts", "mean", "FPR95", "img/s"]  # narrow
+    assert "ROSE (DIAG)" in cnn.index and {"ROSE-EKFAC", "NLL"} <= set(vae.index)
+    assert float(vae.loc["ROSE-EKFAC", "mean"]) > float(vae.loc["NLL", "mean"])  # the shipped VAE's story
+    assert (vae["img/s"] != "—").all()
