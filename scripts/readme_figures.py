@@ -143,7 +143,7 @@ def cifar_auroc() -> str:
         return ("_No results bundle for `vae-cifar10` yet: `python -m rose_core evaluate --checkpoint "
                 "checkpoints/vae-cifar10 --preset table2`._\n")
     sets = [d for d in res.metric_sets() if d != "overall"] + ["overall"]
-    methods = [m for m in ["rose-ekfac", "rose-diag", "rose+typicality", "typicality", "nll", "input-complexity-png",
+    methods = [m for m in ["rose-ekfac", "rose-diag", "rose+typicality", "typicality", "nll", "likelihood-ratio", "input-complexity-png",
                            "input-complexity-jp2"] if m in res.metric_methods()]
     rows = ["| method | " + " | ".join(sets) + " |", "|" + "---|" * (len(sets) + 1)]
     for m in methods:

@@ -439,3 +439,23 @@ def test_report_figure6_and_the_detector_table_from_the_shipped_bundles(tmp_path
     assert "| Basic CNN | ROSE (DIAG) |" in table and "| Basic CNN | ViM (pytorch-ood) |" in table
     assert "| VAE `vae-fmnist` | ROSE-EKFAC |" in table
     assert "IWAE k = None" not in text and "`cls-basic-cnn-fmnist` settings (Figure 6 preset)" in text
+
+
+def test_report_tables_10_11_put_the_cifar10_baselines_beside_the_paper(tmp_path):
+    """The shipped CIFAR-10 bundle's perturbations run appears beside the paper's Tables 10/11 (rows by
+    perturbation, read from each method's checkpoint name)."""
+    from rose_core.reporting.experiments import _perturbation_of
+
+    assert _perturbation_of("rnd:path=results/vae-cifar10/fits/rnd-dct") == "dct"
+    assert _perturbation_of("rnd") == "svd" and _perturbation_of("likelihood-ratio") == "random"
+    assert _perturbation_of("likelihood-ratio:background=checkpoints/vae-cifar10-background-gaussian") == "gaussian"
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "results"
+    root.mkdir()
+    (root / "vae-cifar10").symlink_to(repo / "results" / "vae-cifar10")
+    text = build_report(root, repo / "checkpoints")
+    t10 = text[text.index("**Table 10 (Likelihood Ratio), ours (paper)**"):]
+    assert "| Random0.2 (`likelihood-ratio`) |" in t10.split("**Table 11")[0]
+    assert "(0.050)" in t10.split("**Table 11")[0]  # the paper's LRatio (Random0.2) on SVHN
+    t11 = t10[t10.index("**Table 11 (RND)"):]
+    assert all(f"| {p} (`rnd:path=" in t11 for p in ("SVD28", "DCT28", "GB", "Random0.2"))

@@ -7,8 +7,10 @@ from __future__ import annotations
 import math
 
 from rose_core.labels import JPEG_NOTE
-from rose_core.paper import PAPER
+from rose_core.methods import parse_method
+from rose_core.paper import PAPER, PAPER_PERTURBATION
 from rose_core.reporting.context import NOT_RUN, Context, experiment, fmt, label, md_table, title
+from rose_core.reporting.tables import compare_rows
 from rose_core.results import Results
 
 # --------------------------------------------------------------------------------------------
@@ -61,18 +63,51 @@ def brightness(ctx: Context) -> list[str]:
     return out + ["Paper (models trained on CIFAR-10):", "", _paper_brightness(), ""]
 
 
-def perturbations(ctx: Context) -> list[str]:
-    vae = ctx.vae
-    if vae is None:
-        return []
-    out = ["## Outlier-exposure perturbations (Tables 10/11 protocol)", ""]
-    pert = experiment(vae, "perturbations")
+def _perturbation_of(method: str) -> str | None:
+    """Which outlier-exposure perturbation a perturbations-preset method was trained with: an RND's
+    checkpoint is named ``rnd-<ds>-<perturbation>`` (or ``fits/rnd-<perturbation>``), a background model
+    ``<checkpoint>-background-<perturbation>``; the plain ``rnd`` is the SVD-RND and the default
+    background model is trained on random-pixel noise (the trainer's only perturbation)."""
+    spec = parse_method(method)
+    path = str(spec.opts.get("path") or spec.opts.get("background") or "")
+    for pert in PAPER_PERTURBATION:
+        if path.endswith(f"-{pert}"):
+            return pert
+    if spec.base == "rnd":
+        return "svd" if not path else None
+    return "random" if spec.base == "likelihood-ratio" else None
+
+
+def _perturbation_section(b: Results, heading: str) -> list[str]:
+    out = [heading, ""]
+    pert = experiment(b, "perturbations")
     if not pert:
         return out + ["_Not run (preset `perturbations`)._", ""]
-    have = vae.metric_sets()
-    rows = [[title(m)] + [fmt(vae.metric(m, s)) for s in have + ["overall"]] for m in pert.get("methods", [])]
-    return out + [md_table(["method"] + [label(vae, s) for s in have] + ["overall"], rows) if rows else
-                  "_No perturbation-trained baselines available._", ""]
+    have = b.metric_sets()
+    methods = pert.get("methods", [])
+    rows = [[title(m)] + [fmt(b.metric(m, s)) for s in have + ["overall"]] for m in methods]
+    out += [md_table(["method"] + [label(b, s) for s in have] + ["overall"], rows) if rows else
+            "_No perturbation-trained baselines available._", ""]
+    if b.in_dist() not in ("cifar10", "cifar10-subset"):
+        return out
+    for key, base, what in (("table10-cifar10", "likelihood-ratio", "Table 10 (Likelihood Ratio)"),
+                            ("table11-cifar10", "rnd", "Table 11 (RND)")):
+        rows_map = {PAPER_PERTURBATION[p]: m for m in methods if parse_method(m).base == base
+                    for p in [_perturbation_of(m)] if p}
+        if rows_map:
+            out += [f"**{what}, ours (paper)** — the paper's columns SVD28, DCT28, GB and Random0.2 are our "
+                    "`svd`, `dct`, `gaussian` and `random`:", "", compare_rows(b, key, rows_map, "perturbation"), ""]
+    return out
+
+
+def perturbations(ctx: Context) -> list[str]:
+    """Tables 10/11 protocol: every bundle that ran the preset; the CIFAR-10 one beside the paper."""
+    out = []
+    for b, heading in ((ctx.vae, "## Outlier-exposure perturbations (Tables 10/11 protocol, `{}`)"),
+                       (ctx.vae_cifar10, "## Outlier-exposure perturbations (Tables 10/11, `{}`)")):
+        if b is not None:
+            out += _perturbation_section(b, heading.format(b.name))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,13 +37,13 @@ def compare_table(b: Results, key: str, cols: list[str], col: str = "auroc", ext
     return md_table(["paper set → ours"] + [title(m) for m in methods], rows)
 
 
-def compare_rows(b: Results, key: str, rows_map: dict[str, str]) -> str:
-    """Paper rows (e.g. DIAG / EKFAC) × paper sets, ``ours (paper)`` per cell."""
+def compare_rows(b: Results, key: str, rows_map: dict[str, str], corner: str = "ROSE") -> str:
+    """Paper rows (e.g. DIAG / EKFAC) × paper sets, ``ours (paper)`` per cell; ``corner`` heads the row names."""
     paper = PAPER[key]["values"]
     cols = list(next(iter(paper.values())).keys())
     have = set(b.metric_sets())
     ours = {c: "overall" if c == "Overall" else ours_set(c, have) for c in cols}
-    header = ["ROSE"] + [f"{c} → {label(b, ours[c]) if ours[c] else '—'}" for c in cols]
+    header = [corner] + [f"{c} → {label(b, ours[c]) if ours[c] else '—'}" for c in cols]
     rows = [[f"{prow} (`{method}`)"] + [f"{fmt(b.metric(method, ours[c]) if ours[c] else math.nan)} "
                                         f"({fmt(paper[prow][c])})" for c in cols]
             for prow, method in rows_map.items()]
