@@ -54,6 +54,11 @@ class OutputLocked(InvalidInput):
     """Another process is writing this output; the message names it."""
 
 
+HOLDER_WAIT_S = 2.0
+"""How long a refused writer waits for the lock's holder to write its name (pid, host, command)
+into the lock file, so the error can say who holds it; the holder writes it right after locking."""
+
+
 def lock_path(out: str | os.PathLike) -> Path:
     """The lock file of an output: ``<out>.lock`` beside it."""
     out = Path(out)
@@ -130,6 +135,10 @@ class OutputLock:
                 raise
             if not locked:
                 holder = _read(fd)
+                deadline = time.monotonic() + HOLDER_WAIT_S
+                while not holder and time.monotonic() < deadline:   # the holder writes its name right after
+                    time.sleep(0.02)                                  # locking; wait for it, to name it
+                    holder = _read(fd)
                 os.close(fd)
                 raise OutputLocked(f"--out {self.out} is being written by {_describe(holder)}; lock file "
                                    f"{self.path}. Wait for it to finish, or choose another --out.")

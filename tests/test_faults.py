@@ -488,3 +488,27 @@ def test_hostile_corpus_through_score(env, tmp_path):
     # Resuming finds every row, including the one whose name is not UTF-8.
     assert main(_score_args(env, folder, out, "--workers", "0", "--report", str(tmp_path / "r.json"))) == 0
     assert '"scored": 0' in (tmp_path / "r.json").read_text()
+
+
+def test_a_refused_writer_names_a_holder_that_has_not_written_its_name_yet(tmp_path):
+    """The race of two writers started together: the loser may find the lock taken but still empty; it waits
+    (briefly) for the holder's name, so the error says who holds the output."""
+    from rose_core.output_lock import OutputLock, OutputLocked, lock_path
+
+    out = tmp_path / "o.parquet"
+    script = (
+        "import fcntl, json, os, sys, time\n"
+        f"fd = os.open({str(lock_path(out))!r}, os.O_RDWR | os.O_CREAT, 0o644)\n"
+        "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(0.5)\n"   # locked, name not written yet
+        "os.pwrite(fd, (json.dumps({'pid': os.getpid(), 'host': 'h', 'command': 'score'}) + '\\n').encode(), 0)\n"
+        "time.sleep(5)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputLocked, match=f"pid {holder.pid} on host h"):
+            OutputLock(out).acquire()
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
