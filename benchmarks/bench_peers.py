@@ -72,6 +72,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import copy
 import json
 import os
@@ -650,6 +651,10 @@ def _profile_section(prof, title: str) -> list[str]:
 
 # --- main ---------------------------------------------------------------------------------------
 
+PEER_MODULES = ("opacus", "backpack", "nngeometry")
+"""The peer libraries of the ``bench`` extra (torch.func ships with torch)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda (exits with a message when CUDA is absent)")
@@ -671,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="write the torch.profiler breakdown instead")
     ap.add_argument("--profile-out", default=str(ROOT / "results" / "benchmarks" / "profile.txt"))
     ap.add_argument("--out", default=None, help="default results/benchmarks/peers.json (peers-cuda.json on CUDA)")
+    ap.add_argument("--allow-missing-peers", action="store_true",
+                    help="time without the peer libraries that are not installed (they are listed as not timed)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--fits-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -689,6 +696,12 @@ def main(argv: list[str] | None = None) -> int:
         return profile(args, device)
     out_path = Path(args.out or ROOT / "results" / "benchmarks" / ("peers.json" if device.type == "cpu"
                                                                    else "peers-cuda.json"))
+    missing = [m for m in PEER_MODULES if importlib.util.find_spec(m) is None]
+    if missing and not args.allow_missing_peers:
+        print(f"The peer libraries {', '.join(missing)} are not installed, so they would not be timed and "
+              f"{out_path} would lose their rows. Install the benchmark extra (`make bench`, or "
+              "pip install -e '.[bench]'), or pass --allow-missing-peers to time without them.", file=sys.stderr)
+        return 2
     t_start = time.time()
     warnings.simplefilter("ignore")
     fits_dir = Path(tempfile.mkdtemp(prefix="bench_peers_fits_"))
