@@ -10,14 +10,14 @@ from plotly.subplots import make_subplots
 
 from rose_core.checkpoint import list_checkpoints, read_card
 from rose_core.errors import RoseError
-from rose_core.labels import dataset_label, dataset_short, stand_in_note
+from rose_core.labels import CLASSIFIER_TITLES as TITLES, classifier_rank, dataset_label, dataset_short, stand_in_note
 from rose_core.reporting.classifiers import FIGURE6_SETS, detector_comparison
-from rose_core.results import Results, bundles as results_bundles
+from rose_core.results import Results
+from studio import state
 from studio import widgets as ui
 from studio.format import detector_blocks, table_height
-from studio.paths import checkpoints_dir, results_dir
+from studio.paths import checkpoints_dir
 
-TITLES = {"basic-cnn": "Basic CNN", "vgg11": "VGG-11", "resnet18": "ResNet-18"}
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
 
 
@@ -56,11 +56,10 @@ if not nets:
             "`python -m rose_core train-classifier --arch basic-cnn --epochs 2 --subset 20000 --out "
             "checkpoints/cls-basic-cnn-fmnist`.")
     st.stop()
-order = sorted(nets, key=lambda n: (list(TITLES).index(nets[n]["config"]["architecture"])
-                                    if nets[n]["config"]["architecture"] in TITLES else 99, n))
+order = sorted(nets, key=lambda n: (classifier_rank(nets[n]["config"]["architecture"]), n))
 ready, missing = {}, []
 for name in order:
-    c = curves(Results(results_dir() / name, strict=False))
+    c = curves(state.bundle(name))
     (ready.__setitem__(name, c) if not c.empty else missing.append(name))
 
 if ready:
@@ -83,7 +82,7 @@ if ready:
     st.plotly_chart(fig, key="cls_figure6")
     rows, counts = [], {}
     for name, c in ready.items():
-        card, meta = nets[name], Results(results_dir() / name, strict=False).meta.get("figure6", {})
+        card, meta = nets[name], state.bundle(name).meta.get("figure6", {})
         acc, secs = card.get("test_accuracy"), card.get("train_seconds")
         rows.append({"network": TITLES.get(card["config"]["architecture"], name),
                      "test accuracy": "—" if acc is None else f"{acc:.1%}",
@@ -106,11 +105,11 @@ if ready:
                "less than the paper's.")
 if ready:
     st.subheader("ROSE beside the classifier detectors of pytorch-ood")
-    table = detector_comparison(results_bundles(results_dir(), strict=False))
+    table = detector_comparison(state.all_bundles())
     for k, (model, counts, styler) in enumerate(detector_blocks(table, {s: dataset_short(s) for s in FIGURE6_SETS})):
         st.markdown(f"**{model}** · {counts} images (in / per OOD set)")
         st.dataframe(styler, hide_index=True, key=f"cls_detectors_{k}", height=table_height(len(styler.data)))
-    notes = {n: (Results(results_dir() / n, strict=False).meta.get("figure6") or {}).get("detectors") for n in ready}
+    notes = {n: (state.bundle(n).meta.get("figure6") or {}).get("detectors") for n in ready}
     st.caption("Within a network, the same classifier and the same images for every row: in-distribution = the "
                "evaluation half of the Fashion-MNIST test split; OOD positive. The generative models' blocks (VAE, "
                "Glow) come from their own bundles (other images), a summary beside them. mean = mean AUROC over "

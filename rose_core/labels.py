@@ -14,7 +14,7 @@ from rose_core.errors import RoseError
 from rose_core.methods import method_title as method_label  # noqa: F401  (the app's name for a method)
 
 __all__ = ["PERTURBATION_LABELS", "METRIC_LABELS", "method_label", "dataset_label", "dataset_short", "stand_in_note",
-           "perturbation_label", "JPEG_NOTE"]
+           "perturbation_label", "JPEG_NOTE", "CLASSIFIER_TITLES", "classifier_rank"]
 
 PERTURBATION_LABELS = {
     "brightness": ("Brightness", "brightness factor (×)"),
@@ -24,6 +24,17 @@ PERTURBATION_LABELS = {
     "random": ("Random pixels", "μ (fraction of pixels replaced)"),
 }
 """Perturbation → (title, axis title of its strength)."""
+CLASSIFIER_TITLES = {"basic-cnn": "Basic CNN", "vgg11": "VGG-11", "resnet18": "ResNet-18"}
+"""Classifier architecture (``rose_core.models.classifiers.ARCHITECTURES``) → display name, in the paper's
+Figure 6 order (shallow to deep)."""
+
+
+def classifier_rank(architecture: str) -> int:
+    """Position of ``architecture`` in the Figure 6 order; unknown ones last."""
+    order = list(CLASSIFIER_TITLES)
+    return order.index(architecture) if architecture in order else len(order)
+
+
 METRIC_LABELS = {"auroc": "AUROC", "auprc_in": "AUPRC (in-dist. positive)",
                  "auprc_out": "AUPRC (OOD positive)", "fpr80": "FPR at 80% TPR", "fpr95": "FPR at 95% TPR"}
 

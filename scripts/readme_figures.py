@@ -30,7 +30,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rose_core.labels import dataset_label  # noqa: E402
+from rose_core.labels import CLASSIFIER_TITLES, classifier_rank, dataset_label  # noqa: E402
 from rose_core.methods import method_title  # noqa: E402
 from rose_core.results import Results  # noqa: E402
 
@@ -212,6 +212,7 @@ def fit_speed() -> str:
     if not p.exists():
         return "_Not measured yet: `python benchmarks/bench_fit.py`._\n"
     b = json.loads(p.read_text())
+    ten_k = 10000 / b["images_per_second"]["default fit"]
     rows = ["| measured in one run | images/s |", "|---|---|"]
     rows += [f"| {k} | {v:.1f} |" for k, v in b["images_per_second"].items()]
     return ("\n".join(rows) + "\n\n"
@@ -220,8 +221,7 @@ def fit_speed() -> str:
             f"{b['fit_over_floor']:.2f}× the forward+backward floor of the same images "
             f"({b['fwd_bwd_floor_seconds']:.0f} s); replaying EKFAC's second pass made a fit "
             f"{b['replay_speedup']:.2f}× faster. Against the issue's goal of 10,000 images in under 60 s: the "
-            f"default fit's rate puts 10,000 images at {10000 / b['images_per_second']['default fit']:.0f} s "
-            f"({'under' if 10000 / b['images_per_second']['default fit'] < 60 else 'over'} 60 s); the default "
+            f"default fit's rate puts 10,000 images at {ten_k:.0f} s ({'under' if ten_k < 60 else 'over'} 60 s); the default "
             f"definition passes {b['n_fisher'] + b['n_calibration']:,}. Load average during the run: "
             f"{b['load_avg_1min_before']} → {b['load_avg_1min_after']} on {b['cpu_count']} cores "
             f"(`{b['command'].strip()}`).\n")
@@ -355,7 +355,6 @@ def score_speed() -> str:
             f"**{b['peak_growth_largest_over_smallest']:.2f}×**; load average {load} (`{b['command'].strip()}`).\n")
 
 
-CLASSIFIER_TITLES = {"basic-cnn": "Basic CNN", "vgg11": "VGG-11", "resnet18": "ResNet-18"}
 
 
 def _classifier_bundles() -> list[tuple[str, dict, Results]]:
@@ -367,8 +366,7 @@ def _classifier_bundles() -> list[tuple[str, dict, Results]]:
         res = _bundle(card_file.stem)
         if card.get("kind") == "classifier" and res.has("layer_metrics"):
             out.append((card_file.stem, card, res))
-    order = list(CLASSIFIER_TITLES)
-    return sorted(out, key=lambda t: order.index(t[1]["config"]["architecture"]))
+    return sorted(out, key=lambda t: classifier_rank(t[1]["config"]["architecture"]))
 
 
 def figure6() -> str:

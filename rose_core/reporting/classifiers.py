@@ -15,6 +15,7 @@ import math
 
 import pandas as pd
 
+from rose_core.labels import CLASSIFIER_TITLES, classifier_rank
 from rose_core.methods import method_short
 from rose_core.reporting.context import fmt as _fmt, label, md_table
 from rose_core.results import Results
@@ -26,9 +27,6 @@ GENERATIVE_METHODS = ("rose-ekfac", "rose-diag", "rose+typicality", "nll", "like
                       "input-complexity-png", "rnd")
 """The generative-model rows shown beside the classifier detectors, when their bundle has them."""
 
-ARCHITECTURES = {"basic-cnn": "Basic CNN", "vgg11": "VGG-11", "resnet18": "ResNet-18"}
-
-
 def is_classifier(b: Results) -> bool:
     return b.checkpoint_card().get("kind") == "classifier"
 
@@ -38,7 +36,12 @@ def _arch(b: Results) -> str:
 
 
 def network_title(b: Results) -> str:
-    return ARCHITECTURES.get(_arch(b), b.name)
+    return CLASSIFIER_TITLES.get(_arch(b), b.name)
+
+
+def _classifier_bundles(bundles) -> list[Results]:
+    """The classifier bundles of ``bundles`` in the Figure 6 order (shallow to deep), then by name."""
+    return sorted((b for b in bundles if is_classifier(b)), key=lambda b: (classifier_rank(_arch(b)), b.name))
 
 
 def _row(b: Results, model: str, method: str, label: str, sets: tuple[str, ...]) -> dict | None:
@@ -66,9 +69,7 @@ def detector_comparison(bundles: dict[str, Results], sets: tuple[str, ...] = FIG
     AUROC and mean FPR95 over the sets the row has a result for, images/s (scoring only, the
     bundle's throughput run), and the image counts. Empty when no classifier bundle has metrics."""
     rows: list[dict] = []
-    order = list(ARCHITECTURES)
-    classifiers = sorted((b for b in bundles.values() if is_classifier(b) and b.has("metrics")),
-                         key=lambda b: (order.index(_arch(b)) if _arch(b) in order else len(order), b.name))
+    classifiers = [b for b in _classifier_bundles(bundles.values()) if b.has("metrics")]
     if not classifiers:
         return pd.DataFrame()
     for b in classifiers:
@@ -108,9 +109,7 @@ def _figure6_rows(b: Results, sets: tuple[str, ...]) -> list[list[str]]:
 
 def section(ctx) -> list[str]:
     """Figure 6 (layer-wise ROSE AUROC per classifier) and ROSE beside the classifier detectors."""
-    order = list(ARCHITECTURES)
-    nets = sorted((b for b in ctx.bundles.values() if is_classifier(b)),
-                  key=lambda b: (order.index(_arch(b)) if _arch(b) in order else len(order), b.name))
+    nets = _classifier_bundles(ctx.bundles.values())
     if not nets:
         return []
     sets = FIGURE6_SETS

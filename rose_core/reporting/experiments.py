@@ -8,7 +8,7 @@ import math
 
 from rose_core.labels import JPEG_NOTE
 from rose_core.methods import parse_method
-from rose_core.paper import PAPER, PAPER_PERTURBATION
+from rose_core.paper import PAPER, PAPER_PERTURBATION, PAPER_SETS
 from rose_core.reporting.context import NOT_RUN, Context, experiment, fmt, label, md_table, title
 from rose_core.reporting.tables import compare_rows
 from rose_core.results import Results
@@ -88,7 +88,7 @@ def _perturbation_section(b: Results, heading: str) -> list[str]:
     rows = [[title(m)] + [fmt(b.metric(m, s)) for s in have + ["overall"]] for m in methods]
     out += [md_table(["method"] + [label(b, s) for s in have] + ["overall"], rows) if rows else
             "_No perturbation-trained baselines available._", ""]
-    if b.in_dist() not in ("cifar10", "cifar10-subset"):
+    if b.in_dist() not in PAPER_SETS["CIFAR-10"]:
         return out
     for key, base, what in (("table10-cifar10", "likelihood-ratio", "Table 10 (Likelihood Ratio)"),
                             ("table11-cifar10", "rnd", "Table 11 (RND)")):
