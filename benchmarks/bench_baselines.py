@@ -51,6 +51,9 @@ def timed(fn, x: torch.Tensor, device: str) -> tuple[float, object]:
 
 
 def main() -> int:
+    from rose_core.allocator import reuse_freed_memory
+
+    reuse_freed_memory()   # as the CLI and the app do: large freed blocks are reused (rose_core.allocator)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=64, help="images for the fast baselines")
     ap.add_argument("--n-lr", type=int, default=8, help="images for Likelihood Regret (batched)")

@@ -59,6 +59,9 @@ def _run(procs: int, args: list[str], report: Path) -> tuple[dict, float]:
 
 
 def main() -> None:
+    from rose_core.allocator import reuse_freed_memory
+
+    reuse_freed_memory()   # as the CLI and the app do: large freed blocks are reused (rose_core.allocator)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "vae-fmnist"))
     ap.add_argument("--procs", type=int, default=2)

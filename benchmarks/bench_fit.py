@@ -50,6 +50,9 @@ def _rate(fn, n: int) -> tuple[float, float]:
 
 
 def main() -> int:
+    from rose_core.allocator import reuse_freed_memory
+
+    reuse_freed_memory()   # as the CLI and the app do: large freed blocks are reused (rose_core.allocator)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="checkpoints/vae-fmnist")
     ap.add_argument("--n-fisher", type=int, default=None, help="default: the defaults' rule (10000 for the VAE)")

@@ -656,6 +656,9 @@ PEER_MODULES = ("opacus", "backpack", "nngeometry")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rose_core.allocator import reuse_freed_memory
+
+    reuse_freed_memory()   # as the CLI and the app do: large freed blocks are reused (rose_core.allocator)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda (exits with a message when CUDA is absent)")
     ap.add_argument("--batch-size", type=int, default=128)

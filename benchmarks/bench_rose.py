@@ -59,6 +59,9 @@ def _sync(device: torch.device) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rose_core.allocator import reuse_freed_memory
+
+    reuse_freed_memory()   # as the CLI and the app do: large freed blocks are reused (rose_core.allocator)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=128)

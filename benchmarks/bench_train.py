@@ -130,6 +130,9 @@ def bench_model(name: str, args, device: torch.device) -> dict:
 
 
 def main() -> None:
+    from rose_core.allocator import reuse_freed_memory
+
+    reuse_freed_memory()   # as the CLI and the app do: large freed blocks are reused (rose_core.allocator)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=6)

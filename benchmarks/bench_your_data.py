@@ -84,6 +84,9 @@ def _run_size(size: str, n: int, epochs: int, width: int, work: Path, repo_data:
 
 
 def main() -> int:
+    from rose_core.allocator import reuse_freed_memory
+
+    reuse_freed_memory()   # as the CLI and the app do: large freed blocks are reused (rose_core.allocator)
     from rose_core.user_data import DEFAULT_EPOCHS, DEFAULT_WIDTH
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -188,7 +188,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"Checkpoint {weights_path(path)} holds non-finite values in {k!r}.")
     model.load_state_dict(state)
-    return model.to(device).eval(), card
+    return model.to(device).optimise_layout(torch.device(device)).eval(), card
 
 
 def list_checkpoints(folder: str | os.PathLike = "checkpoints") -> list[Path]:

@@ -16,6 +16,7 @@ import argparse
 import logging
 import sys
 
+from rose_core.allocator import reuse_freed_memory
 from rose_core.errors import RoseError
 
 
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    reuse_freed_memory()
     try:
         _register_user_datasets()
         return int(args.func(args) or 0)

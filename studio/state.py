@@ -23,10 +23,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from rose_core.allocator import reuse_freed_memory
 from rose_core.checkpoint import list_checkpoints, read_card, weights_path
 from rose_core.errors import RoseError
 from rose_core.results import Results
 from studio.paths import checkpoints_dir, data_dir, env_int, results_dir
+
+reuse_freed_memory()   # once per server process: every page imports this module (see rose_core.allocator)
 
 log = logging.getLogger("studio")
 MODEL_KINDS = ("vae", "glow")

@@ -17,8 +17,14 @@ def test_roundtrip_vae(tmp_path, tiny_vae):
     save_model(tiny_vae, tmp_path / "m", dataset="fashion-mnist", epochs=3)
     model, card = load_model(tmp_path / "m")
     assert card["kind"] == "vae" and card["epochs"] == 3 and card["num_parameters"] > 0
+    saved = tiny_vae.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())   # the weights round-trip exactly
+    # loading applies the model's optimised layout (the VAE's decoder channels-last on the CPU):
+    # the same computation in the same layout gives bit-identical losses
+    assert model.decoder[-1].weight.is_contiguous(memory_format=torch.channels_last)
+    same_format = tiny_vae.optimise_layout(torch.device("cpu"))
     x = torch.rand(2, 1, 32, 32)
-    assert torch.equal(model.per_sample_loss(x), tiny_vae.per_sample_loss(x))
+    assert torch.equal(model.per_sample_loss(x), same_format.per_sample_loss(x))
     assert list_checkpoints(tmp_path) == [card_path(tmp_path / "m")]
 
 

@@ -54,6 +54,12 @@ class GenerativeModel(nn.Module):
         """Best available per-sample NLL estimate in nats (IWAE for the VAE, exact for Glow)."""
         raise NotImplementedError
 
+    def optimise_layout(self, device: torch.device) -> "GenerativeModel":
+        """Arrange the weights in the memory layout that runs fastest on ``device`` (in place; returns
+        ``self``). Called by :func:`rose_core.checkpoint.load_model`; any layout gives the same results
+        up to float32 rounding. The default keeps PyTorch's."""
+        return self
+
     def scored_layers(self, which: str = "default") -> dict[str, nn.Module]:
         """Layers ROSE scores: ``"default"`` (the paper's choice) or ``"all"``."""
         raise NotImplementedError
