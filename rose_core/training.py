@@ -224,7 +224,7 @@ def train(cfg: TrainConfig) -> dict:
             cfg.extra_card.setdefault("optimizer_reset_at_epochs", []).append(start_epoch)
             log.warning("No optimizer state beside %s: resuming from epoch %d with fresh optimizer moments.",
                         out, start_epoch)
-    model.to(device)
+    model.to(device).optimise_layout(device)   # same Parameter objects: the optimizer keeps them
     for group in optimizer.param_groups:  # moments loaded on CPU
         for p in group["params"]:
             for k, v in optimizer.state.get(p, {}).items():

@@ -8,6 +8,7 @@ replaced by the table :data:`BLOCKS` ``[NAME]`` renders from:
   ``manifest.json`` — the results bundle (``python -m rose_core evaluate``);
 * ``results/benchmarks/app.json`` — ``benchmarks/bench_app.py``;
 * ``results/benchmarks/fit.json`` — ``benchmarks/bench_fit.py``;
+* ``results/benchmarks/floor.json`` — ``benchmarks/bench_floor.py``;
 * ``results/benchmarks/your_data.json`` — ``benchmarks/bench_your_data.py``;
 * ``results/cls-*/`` — the classifiers' bundles (``evaluate --preset figure6``).
 
@@ -227,6 +228,33 @@ def fit_speed() -> str:
             f"(`{b['command'].strip()}`).\n")
 
 
+def floor() -> str:
+    p = ROOT / "results" / "benchmarks" / "floor.json"
+    if not p.exists():
+        return "_Not measured yet: `python benchmarks/bench_floor.py`._\n"
+    b = json.loads(p.read_text())
+    methods = ["floor", "ROSE-DIAG", "ROSE-EKFAC"]
+    rows = ["| allocator | VAE layout | " + " | ".join(f"{m} img/s (speed-up)" for m in methods)
+            + " | ROSE-DIAG / floor | ROSE-EKFAC / floor | peak MiB | scores vs previous (max rel. diff.) |",
+            "|---|---|" + "---|" * (len(methods) + 4)]
+    for r in b["rows"]:
+        rows.append(f"| {r['allocator']} | {r['layout']} | "
+                    + " | ".join(f"{r['images_per_s'][m]:.1f} ({r['speedup_vs_previous_default'][m]:.2f}×)"
+                                 for m in methods)
+                    + f" | {r['rose_to_floor']['ROSE-DIAG']:.2f} | {r['rose_to_floor']['ROSE-EKFAC']:.2f}"
+                    + f" | {r['peak_mib']:,.0f} | {r['max_rel_score_difference']:.0e} |")
+    e = b["ekfac_preconditioning_bound"]
+    return ("\n".join(rows) + "\n\n"
+            f"Shipped VAE ({b['checkpoint_epochs']} epochs), {b['images']} Fashion-MNIST test images, batch "
+            f"{b['batch_size']}, {b['threads']} thread(s), {b['cpus']} cores, best of {b['repeats']} processes per row "
+            f"(rows alternating), load average {b['load_average'][0]} → {b['load_average'][1]} "
+            f"(`{b['command'].strip()}`). EKFAC's preconditioning needs {e['multiply_adds_per_batch'] / 1e9:.2f} G "
+            f"multiply-adds per batch of {e['batch']} (the rotations into the eigenbases and the per-sample "
+            f"products); at this CPU's measured float32 matrix-product rate ({e['matmul_multiply_adds_per_s'] / 1e9:.0f} G/s) "
+            f"that is {e['seconds_per_batch_at_that_rate'] * 1e3:.0f} ms, so with the fastest floor above ROSE-EKFAC / "
+            f"floor can be at most **{e['best_possible_rose_ekfac_to_floor']:.2f}**.\n")
+
+
 def throughput() -> str:
     res = _bundle("vae-fmnist")
     v = res.throughput_view()
@@ -440,7 +468,7 @@ def app_speed() -> str:
 BLOCKS: dict[str, Callable[[], str]] = {
     "app-speed": app_speed,
     "checkpoints": checkpoints, "model-comparison": model_comparison, "cifar-auroc": cifar_auroc, "train-speed": train_speed, "nll-failure": nll_failure, "vae-auroc": vae_auroc, "glow-auroc": glow_auroc,
-    "vae-stress": vae_stress, "verdict": verdict, "glow-stress": glow_stress, "fit-speed": fit_speed, "throughput": throughput,
+    "vae-stress": vae_stress, "verdict": verdict, "glow-stress": glow_stress, "fit-speed": fit_speed, "throughput": throughput, "floor": floor,
     "peers": peers, "peers-ftz": peers_ftz, "score-speed": score_speed,
     "your-data": your_data, "figure6": figure6, "classifier-detectors": classifier_detectors,
 }
