@@ -658,7 +658,7 @@ PEER_MODULES = ("opacus", "backpack", "nngeometry")
 def main(argv: list[str] | None = None) -> int:
     from rose_core.allocator import reuse_freed_memory
 
-    reuse_freed_memory()   # as the CLI and the app do: large freed blocks are reused (rose_core.allocator)
+    reused = reuse_freed_memory()   # as the CLI and the app do: large freed blocks are reused (rose_core.allocator)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda (exits with a message when CUDA is absent)")
     ap.add_argument("--batch-size", type=int, default=128)
@@ -877,7 +877,8 @@ def main(argv: list[str] | None = None) -> int:
            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
            "batch_size": args.batch_size, "n_scored": len(s.x), "n_fit": len(s.fit_x), "n_calibration": len(s.cal_x),
            "n_glow": args.glow_n, "repeats": args.repeats, "rtol": args.rtol, "dtype": "float32",
-           "flush_denormal": args.flush_denormal,
+           "flush_denormal": args.flush_denormal, "allocator_reuses_freed_memory": reused,
+           "vae_layout": "optimised (decoder channels-last)" if device.type == "cpu" else "default",
            "loadavg_before": load_before, "loadavg_after": load_after, "floor": "fwd+act-bwd",
            "memory_method": mem_how, "results": rows, "peers": report, "ekfac_fit_check": fit_check,
            "layer_type_probe": probe, "goals": goals, "wall_s_total": time.time() - t_start}

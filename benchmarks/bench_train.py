@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     load_before = os.getloadavg()[0]
-    out = {"device": str(device), "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+    out = {"command": "benchmarks/bench_train.py " + " ".join(sys.argv[1:]), "device": str(device), "threads": torch.get_num_threads(), "batch_size": args.batch_size,
            "steps": args.steps, "repeats": args.repeats, "torch": torch.__version__,
            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "models": {}}
     for name in args.models.split(","):

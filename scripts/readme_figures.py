@@ -52,6 +52,7 @@ def _bundle(name: str) -> Results:
 
 def checkpoints() -> str:
     rows = ["| checkpoint | model | trained on | epochs | test bits/dim |", "|---|---|---|---|---|"]
+    notes: list[str] = []
     for card_file in sorted((ROOT / "checkpoints").glob("*.json")):
         if card_file.name.startswith("user-") or card_file.name.endswith(".train.json"):
             continue   # models trained on a user's own images (git-ignored) and training state are not shipped
@@ -73,7 +74,12 @@ def checkpoints() -> str:
         epochs = c.get("epochs", c.get("training", {}).get("epochs", "?"))
         rows.append(f"| `checkpoints/{card_file.stem}` | {model} | {c.get('dataset')} train "
                     f"({c.get('train_images', '?')}) | {epochs} | {_f(bpd) if bpd else '—'} |")
-    return "\n".join(rows) + "\n"
+        for r in c.get("rejected_continuations", []):
+            notes.append(f"`{card_file.stem}`: training on from epoch {r['from_epoch']} to {r['to_epoch']} was not kept: "
+                         f"held-out {_f(r['test_bits_per_dim'])} bits/dim against this checkpoint's {_f(bpd)}, while the "
+                         f"training images' fell from {_f(c.get('train_bits_per_dim'))} to {_f(r['train_bits_per_dim'])} "
+                         f"(it overfits its {c.get('train_images', '?')} training images).")
+    return "\n".join(rows) + "\n" + "".join(f"\n{n}\n" for n in notes)
 
 
 def model_comparison() -> str:
@@ -122,19 +128,23 @@ def train_speed() -> str:
     if not p.exists():
         return "_Not measured yet: `python benchmarks/bench_train.py`._\n"
     b = json.loads(p.read_text())
-    variants = ["eager", "flush_denormal", "channels_last", "compile"]
-    rows = ["| model (weights) | " + " | ".join(variants) + " | min/epoch (eager → best) |", "|" + "---|" * 6]
+    variants = [v for v in ("eager", "flush_denormal", "channels_last", "compile", "as_trained")
+                if any(v in m["variants"] or v in m["errors"] for m in b["models"].values())]
+    rows = ["| model (weights) | " + " | ".join(variants) + " | min/epoch (eager → as trained → best) |",
+            "|" + "---|" * (len(variants) + 2)]
     for name, m in b["models"].items():
         v = m["variants"]
         cells = [f"{v[k]['images_per_s']:.1f} img/s ({v[k]['ratio_to_eager']:.2f}×)" if k in v else
                  f"failed: {m['errors'].get(k, '?')[:40]}" for k in variants]
         best = min((r["minutes_per_epoch"] for r in v.values()), default=float("nan"))
         eager = v.get("eager", {}).get("minutes_per_epoch", float("nan"))
-        rows.append(f"| `{name}` ({m['weights']}) | " + " | ".join(cells) + f" | {eager:.0f} → {best:.0f} |")
+        trained = v.get("as_trained", {}).get("minutes_per_epoch", float("nan"))
+        rows.append(f"| `{name}` ({m['weights']}) | " + " | ".join(cells) + f" | {eager:.0f} → {trained:.0f} → {best:.0f} |")
     return ("\n".join(rows) + f"\n\nBatch {b['batch_size']}, {b['threads']} thread(s), best of {b['repeats']} "
             f"alternating repeats of {b['steps']} steps on {b['device']}; load average {b['load_average'][0]} → "
             f"{b['load_average'][1]} (a shared machine: compare within a row). Minutes per epoch on the model's "
-            "training set.\n")
+            "training set. `as_trained` is what `python -m rose_core train` runs (denormals flushed, the model's "
+            "optimised layout)" + (f" (`{b['command'].strip()}`)" if b.get("command") else "") + ".\n")
 
 
 def cifar_auroc() -> str:
@@ -350,6 +360,9 @@ def _peers(name: str) -> str:
     else:
         text += ("ROSE's capture flushes float32 denormals while it runs (so do its rows and the fwd+act-bwd floor); "
                  "the peers, forward and fwd+bwd run as they ship. ")
+    if b.get("allocator_reuses_freed_memory"):
+        text += (f"All methods share one process and one model: freed memory is reused (`rose_core.allocator`) and "
+                 f"the VAE runs its {b['vae_layout']} layout for every row. ")
     load = f"{b['loadavg_before'][0]:.1f} → {b['loadavg_after'][0]:.1f}"
     text += (f"Device {b['device']}" + (f" ({b['gpu']})" if b.get("gpu") else f", {b['cpu_count']} cores") +
              f", {b['threads']} thread(s), batch {b['batch_size']}, {b['n_scored']} scored / {b['n_fit']} fit images, "
@@ -376,6 +389,9 @@ def score_speed() -> str:
     for r in b["runs"].values():
         rows.append(f"| {r['files']:,} | {r['images_per_s']:.1f} | {100 * r['idle_fraction']:.1f} % | "
                     f"{r['peak_rss_mib']:,.0f} | {r['workers_peak_rss_mib']:,.0f} |")
+    if b.get("allocator_reuses_freed_memory"):
+        text += (f"All methods share one process and one model: freed memory is reused (`rose_core.allocator`) and "
+                 f"the VAE runs its {b['vae_layout']} layout for every row. ")
     load = f"{b['loadavg_before'][0]:.1f} → {b['loadavg_after'][0]:.1f}"
     return ("\n".join(rows) + "\n\n"
             f"ROSE-{b['fisher'].upper()}, batch {b['batch_size']}, {b['threads']} thread(s), {b['workers']} decoding "
