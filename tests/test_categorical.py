@@ -109,3 +109,24 @@ def test_reuse_freed_memory_is_idempotent_and_can_be_opted_out(monkeypatch):
     monkeypatch.setattr(alloc, "_applied", None)
     monkeypatch.setenv(OPT_OUT_ENV, "1")
     assert reuse_freed_memory() is False
+
+
+def test_extreme_logit_gaps_match_the_float64_reference():
+    """Gaps below EXP_FLOOR (the slow underflow path of x86 exp) are raised to it: the loss is unchanged
+    and the gradient moves by less than exp(EXP_FLOOR) per class."""
+    from rose_core.models.categorical import EXP_FLOOR
+
+    lg, y = _logits(seed=1)
+    lg = lg.detach().clone()
+    lg[:, 100:] -= 500.0                      # most classes far below the floor, as a trained decoder's are
+    lg = lg.requires_grad_()
+    fused = categorical_nll(lg, y)
+    (g,) = torch.autograd.grad(fused.sum(), lg)
+    ref_lg = lg.detach().double().requires_grad_()
+    ref = F.cross_entropy(ref_lg, y, reduction="none")
+    (g_ref,) = torch.autograd.grad(ref.sum(), ref_lg)
+    assert torch.allclose(fused.double(), ref, rtol=1e-6, atol=1e-5)
+    assert float((g.double() - g_ref).abs().max()) < 1e-6
+    far = g[:, 100:].detach()
+    far_ref = g_ref[:, 100:]
+    assert float((far.double() - far_ref).abs().max()) <= 2 * torch.exp(torch.tensor(EXP_FLOOR)).item() + 1e-300

@@ -18,7 +18,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["categorical_nll", "classes_innermost"]
+__all__ = ["categorical_nll", "classes_innermost", "EXP_FLOOR"]
+
+
+EXP_FLOOR = -80.0
+"""Logit gaps below this are raised to it before ``exp``. x86 vector ``exp`` takes a slow path (tens of
+times slower) for arguments whose result underflows float32's normal range (below about -87.3), and a
+trained decoder's logits hold many such gaps (unlikely pixel values). ``exp(-80) = 1.8e-35``: the
+softmax sum is at least 1 (its largest term is ``exp(0)``), so the loss is unchanged to the last bit,
+and a class probability changes by less than 1.8e-35 — below anything float32 can show in a gradient."""
 
 
 def classes_innermost(logits: torch.Tensor) -> bool:
@@ -48,7 +56,7 @@ class _FusedCategoricalNll(torch.autograd.Function):
         z = logits.movedim(1, -1)                    # (N, ..., K), classes innermost by the caller's check
         y = targets.unsqueeze(-1)
         top = z.amax(-1, keepdim=True)
-        e = torch.sub(z, top).exp_()
+        e = torch.sub(z, top).clamp_(min=EXP_FLOOR).exp_()
         total = e.sum(-1, keepdim=True)
         loss = (top + total.log() - z.gather(-1, y)).squeeze(-1)
         ctx.needs_softmax = ctx.needs_input_grad[0]
