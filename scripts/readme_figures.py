@@ -155,12 +155,17 @@ def cifar_auroc() -> str:
                 "checkpoints/vae-cifar10 --preset table2`._\n")
     sets = [d for d in res.metric_sets() if d != "overall"] + ["overall"]
     methods = [m for m in ["rose-ekfac", "rose-diag", "rose+typicality", "typicality", "nll", "likelihood-ratio", "input-complexity-png",
-                           "input-complexity-jp2"] if m in res.metric_methods()]
+                           "input-complexity-jp2", "likelihood-regret"] if m in res.metric_methods()]
     rows = ["| method | " + " | ".join(sets) + " |", "|" + "---|" * (len(sets) + 1)]
     for m in methods:
         rows.append(f"| {method_title(m)} | " + " | ".join(_f(res.metric(m, d)) for d in sets) + " |")
     n_in, n_ood = res.counts(methods[0], sets[0]) if methods else (0, 0)
-    return "\n".join(rows) + f"\n\n{n_in} CIFAR-10 test images (evaluation half) vs {n_ood} images per OOD set.\n"
+    text = "\n".join(rows) + f"\n\n{n_in} CIFAR-10 test images (evaluation half) vs {n_ood} images per OOD set"
+    few = [(m, d) for m in methods for d in sets if not np.isnan(res.metric(m, d)) and res.counts(m, d)[0] < n_in]
+    if few:
+        text += "; " + ", ".join(f"{method_title(m)} on {d}: {res.counts(m, d)[0]} vs {res.counts(m, d)[1]} "
+                                 "(its cost per image)" for m, d in few)
+    return text + ".\n"
 
 
 def _stress(name: str) -> str:

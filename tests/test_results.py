@@ -459,3 +459,16 @@ def test_report_tables_10_11_put_the_cifar10_baselines_beside_the_paper(tmp_path
     assert "(0.050)" in t10.split("**Table 11")[0]  # the paper's LRatio (Random0.2) on SVHN
     t11 = t10[t10.index("**Table 11 (RND)"):]
     assert all(f"| {p} (`rnd:path=" in t11 for p in ("SVD28", "DCT28", "GB", "Random0.2"))
+
+
+def test_image_counts_note_for_a_method_without_an_mnist_row(tmp_path):
+    """A method scored on one set only (e.g. Likelihood Regret on the SVHN stand-in) still reports its
+    in-distribution image count (it used to be read from the method's MNIST row, hence 0)."""
+    from rose_core.reporting.tables import _n_note
+
+    res = Results(tmp_path / "results" / "vae-cifar10")
+    res.write("metrics", pd.DataFrame([_metric("rose-ekfac", "mnist", 0.9, n_in=500, n_ood=200),
+                                       _metric("likelihood-regret", "digits-on-photos", 0.6, n_in=8, n_ood=8)]))
+    note = _n_note(Results(res.folder), ["rose-ekfac", "likelihood-regret"])
+    assert "500 in-distribution images, mnist 200" in note
+    assert "8 in-distribution images, digits-on-photos 8" in note

@@ -76,9 +76,9 @@ def fit_protocol_note(b: Results, methods: list[str]) -> str:
 def _n_note(b: Results, methods: list[str]) -> str:
     parts = []
     for m in methods:
-        ni, _ = b.counts(m, "mnist")
         sets = [s for s in b.metric_sets() if not math.isnan(b.metric(m, s))]
         if sets:
+            ni = b.counts(m, sets[0])[0]   # the in-distribution images are the same for every set of a method
             parts.append(f"{title(m)}: {ni} in-distribution images, "
                          + ", ".join(f"{s} {b.counts(m, s)[1]}" for s in sets))
     return "; ".join(parts)
