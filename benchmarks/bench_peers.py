@@ -610,6 +610,9 @@ def _label(name: str, shapes) -> str | None:
     """A reader's category of an operator (by name and, for convolutions, input shape)."""
     if "log_softmax" in name or "nll_loss" in name or name in ("aten::fill_",):
         return "decoder 256-way log-softmax / cross-entropy (fwd + bwd, incl. its zero fill)"
+    if name in ("aten::exp_", "aten::exp", "aten::amax", "aten::clamp_", "aten::sub", "aten::div_", "aten::mul_",
+                "aten::scatter_add_", "aten::gather", "aten::log") or "_FusedCategoricalNll" in name:
+        return "decoder 256-way NLL, fused (rose_core.models.categorical: fwd + bwd)"
     if "convolution" in name or name == "aten::mkldnn_convolution":
         first = shapes[0] if shapes else []
         if len(first) == 4 and first[1] == 256:
