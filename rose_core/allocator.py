@@ -21,9 +21,7 @@ anything but glibc (macOS, Windows, musl) and when ``ROSE_DEFAULT_MALLOC=1`` is 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import sys
 
 __all__ = ["reuse_freed_memory", "OPT_OUT_ENV"]
 
@@ -35,6 +33,14 @@ _M_MMAP_MAX = -4
 _applied: bool | None = None
 
 
+def _glibc() -> bool:
+    """Whether this process runs on glibc (``confstr`` is unset on musl, macOS and Windows)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def reuse_freed_memory() -> bool:
     """Configure glibc's ``malloc`` to keep freed memory for reuse; returns whether it is now in effect.
 
@@ -44,13 +50,11 @@ def reuse_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get(OPT_OUT_ENV, "") == "1" or not sys.platform.startswith("linux"):
+    if os.environ.get(OPT_OUT_ENV, "") == "1" or not _glibc():
         return False
-    name = ctypes.util.find_library("c") or "libc.so.6"
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):   # not glibc (musl has no mallopt)
+    try:   # the process's own symbols: no library search (ctypes.util.find_library runs ldconfig or gcc)
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

@@ -394,9 +394,6 @@ def score_speed() -> str:
     for r in b["runs"].values():
         rows.append(f"| {r['files']:,} | {r['images_per_s']:.1f} | {100 * r['idle_fraction']:.1f} % | "
                     f"{r['peak_rss_mib']:,.0f} | {r['workers_peak_rss_mib']:,.0f} |")
-    if b.get("allocator_reuses_freed_memory"):
-        text += (f"All methods share one process and one model: freed memory is reused (`rose_core.allocator`) and "
-                 f"the VAE runs its {b['vae_layout']} layout for every row. ")
     load = f"{b['loadavg_before'][0]:.1f} → {b['loadavg_after'][0]:.1f}"
     return ("\n".join(rows) + "\n\n"
             f"ROSE-{b['fisher'].upper()}, batch {b['batch_size']}, {b['threads']} thread(s), {b['workers']} decoding "

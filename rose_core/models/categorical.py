@@ -59,8 +59,7 @@ class _FusedCategoricalNll(torch.autograd.Function):
         e = torch.sub(z, top).clamp_(min=EXP_FLOOR).exp_()
         total = e.sum(-1, keepdim=True)
         loss = (top + total.log() - z.gather(-1, y)).squeeze(-1)
-        ctx.needs_softmax = ctx.needs_input_grad[0]
-        if ctx.needs_softmax:
+        if ctx.needs_input_grad[0]:
             ctx.save_for_backward(e.div_(total), targets)
         ctx.consumed = False
         return loss
