@@ -85,9 +85,11 @@ _F64 = torch.float64
 _EPS32 = float(torch.finfo(torch.float32).eps)
 
 
-CPU_CHUNK_ELEMENTS = 1 << 20
-"""Default block size (elements of ``(n, C, D)``) on the CPU: 4 MiB in float32 stays in cache, which
-made the square-and-sum after the batched product about 1.7× faster than whole-batch blocks here."""
+CPU_CHUNK_ELEMENTS = 1 << 18
+"""Default block size (elements of ``(n, C, D)``) on the CPU: 1 MiB in float32, within one core's L2
+cache, so the square and the weighted sum read the block the batched product has just written from
+L2. Measured on the VAE's ``encoder.5`` (C = 128, D = 1024, T = 16, one thread, batch 128): 8.5 ms
+against 13.4 ms with 4 MiB blocks (which were themselves about 1.7× faster than whole-batch blocks)."""
 
 
 def _rank_one(stat: Stat) -> bool:
@@ -103,12 +105,34 @@ def _device_dtype(stat: Stat) -> tuple[torch.dtype, torch.device]:
     return t.dtype, t.device
 
 
+def _factor_order(stat: Stat) -> torch.Tensor | None:
+    """The column order of the blocks :func:`_dense_blocks` yields: ``order[j]`` is the canonical
+    column of column ``j`` (:attr:`LayerFactors.h_fast`), or None for the canonical order."""
+    return stat.h_fast[1] if isinstance(stat, LayerFactors) else None
+
+
+def _to_canonical(x: torch.Tensor, order: torch.Tensor | None, dims: tuple[int, ...] = (-1,)) -> torch.Tensor:
+    """``x`` with the factor-order axes ``dims`` put back in canonical order."""
+    if order is None:
+        return x
+    inverse = torch.argsort(order).to(x.device)
+    for dim in dims:
+        x = x.index_select(dim, inverse)
+    return x
+
+
 def _dense_blocks(stat: Stat, max_elements: int) -> Iterator[tuple[torch.Tensor, bool]]:
     """Per-sample gradient blocks ``(n, C, D)`` of a statistic, with whether the block is a fresh
-    tensor (which may then be overwritten in place)."""
+    tensor (which may then be overwritten in place). For :class:`LayerFactors` the columns are in
+    :func:`_factor_order` and every block is written into one buffer: a block is valid until the
+    next one is requested."""
     if isinstance(stat, LayerFactors):
+        buf = None
         for rows in stat.chunks(max_elements):
-            yield stat.grads_chunk(rows), True
+            r = rows.stop - rows.start
+            if buf is None:
+                buf = stat.raw_grad.new_empty((r, *stat.shape))
+            yield stat.grads_chunk(rows, canonical=False, out=buf[:r]), True
     else:
         if stat.ndim != 3:
             raise ValueError(f"Dense per-sample gradients must have shape (N, C, D), got {tuple(stat.shape)}.")
@@ -149,6 +173,19 @@ class LayerwiseFisher:
         self.state: dict[str, dict[str, torch.Tensor]] = {}
         self._weights: dict[tuple, object] = {}   # derived tensors (inverse weights, cast bases), per dtype/device
         self._call: dict[tuple, torch.Tensor] = {}  # results shared between layers within one call
+
+    def _in_factor_order(self, name: str, what: str, t: torch.Tensor, order: torch.Tensor | None,
+                         dim: int) -> torch.Tensor:
+        """A canonical ``(C, D)`` weight or ``(D, D)`` basis ``t`` with axis ``dim`` in a factor's
+        order (:func:`_factor_order`), cached like the weights."""
+        if order is None:
+            return t
+        key = (name, what, "factor-order", t.dtype, str(t.device))
+        v = self._weights.get(key)
+        if v is None:
+            v = t.index_select(dim, order.to(t.device))
+            self._weights[key] = v
+        return v
 
     def _block_elements(self, device: torch.device) -> int:
         if self.max_elements is not None:
@@ -452,10 +489,11 @@ class DiagFisher(LayerwiseFisher):
             st["sq_sum"] += (dl * dl).T @ (hl * hl)
             st["count"] += stat.n
             return
-        n = 0
+        n, sums = 0, torch.zeros_like(st["sq_sum"])
         for g, fresh in _dense_blocks(stat, self._block_elements(_device_dtype(stat)[1])):
-            st["sq_sum"] += _squared(g, fresh).sum(0).to(_F64)   # per block float32, across blocks float64
+            sums += _squared(g, fresh).sum(0).to(_F64)   # per block float32, across blocks float64
             n += g.shape[0]
+        st["sq_sum"] += _to_canonical(sums, _factor_order(stat))
         st["count"] += n
 
     def conditioning(self) -> dict[str, dict]:
@@ -479,6 +517,7 @@ class DiagFisher(LayerwiseFisher):
         if _rank_one(stat):
             dl, hl = stat.delta[:, :, 0], stat.h[:, :, 0]
             return ((dl * dl) @ w * (hl * hl)).sum(1)
+        w = self._in_factor_order(name, "inverse", w, _factor_order(stat), 1)
         return torch.cat([_weighted_sq_norm(g, w, fresh)
                           for g, fresh in _dense_blocks(stat, self._block_elements(dev))])
 
@@ -539,9 +578,10 @@ class EkfacFisher(LayerwiseFisher):
         key = ("gram", raw.data_ptr(), tuple(raw.shape), tuple(raw.stride()), raw.dtype, f.shape, f.positions)
         gram = self._call.get(key)
         if gram is None:
-            n, d, t = f.h.shape
-            hm = (f.h[:, :, 0] if t == 1 else f.h.transpose(0, 1).reshape(d, n * t).T).to(_F64)
-            gram = hm.T @ hm
+            h, order = f.h_fast
+            n, d, t = h.shape
+            hm = (h[:, :, 0] if t == 1 else h.transpose(0, 1).reshape(d, n * t).T).to(_F64)
+            gram = _to_canonical(hm.T @ hm, order, dims=(0, 1))
             self._call[key] = gram
         return gram
 
@@ -601,7 +641,8 @@ class EkfacFisher(LayerwiseFisher):
         if not isinstance(stat, LayerFactors):
             blocks = ((ub.T @ g @ ua, True) for g, _ in _dense_blocks(stat, self._block_elements(dev)))
             return "dense", blocks, None
-        return "dense", self._rotated_blocks(stat, ua, ub), None
+        return "dense", self._rotated_blocks(stat, self._in_factor_order(name, "U_A", ua, stat.h_fast[1], 0),
+                                             ub), None
 
     def _rotated_blocks(self, f: LayerFactors, ua: torch.Tensor, ub: torch.Tensor
                         ) -> Iterator[tuple[torch.Tensor, bool]]:
@@ -613,7 +654,7 @@ class EkfacFisher(LayerwiseFisher):
         h_first = t <= c   # T·D² (rotate h) vs C·D² (rotate G from the right)
         d_first = t <= d   # T·C² (rotate δ) vs D·C² (rotate G from the left)
         a_all = f.delta.transpose(1, 2)   # (N, T, C)
-        b_all = f.h.transpose(1, 2)       # (N, T, D)
+        b_all = f.h_fast[0].transpose(1, 2)   # (N, T, D), rows of ua in the same order
         if d_first:
             a_all = a_all @ ub
         if h_first:

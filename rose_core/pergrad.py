@@ -61,7 +61,8 @@ from torch import nn
 
 
 __all__ = ["LayerFactors", "UnsupportedLayer", "capture_factors", "per_sample_grads", "grad_shape",
-           "check_supported", "resolve_layers", "SUPPORTED_LAYERS", "row_chunks", "DEFAULT_CHUNK_ELEMENTS"]
+           "check_supported", "resolve_layers", "SUPPORTED_LAYERS", "row_chunks", "DEFAULT_CHUNK_ELEMENTS",
+           "channels_inner_order"]
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
 """Largest number of elements of a materialised ``(n, C, D)`` gradient block (64 MiB in float32)."""
@@ -185,6 +186,51 @@ def _unfold_positions(x: torch.Tensor, kernel_size, dilation=1, padding=0, strid
     return view.reshape(n, oh * ow, c * kh * kw)
 
 
+def _unfold_channels_inner(x: torch.Tensor, kernel_size, dilation=1, padding=0, stride=1) -> torch.Tensor:
+    """The unfolded input with rows in ``(kh, kw, C)`` order: a contiguous ``(N, T, kh·kw·C)`` tensor.
+
+    Built from a zero-padded channels-last copy of ``x``, so the gathering copy moves runs of ``C``
+    contiguous floats instead of ``kw`` (measured here, one thread, 128×32×16×16, 4×4, stride 2:
+    3.6 ms against 8.4 ms for :func:`_unfold_positions`)."""
+    kh, kw = _pair(kernel_size)
+    dh, dw = _pair(dilation)
+    ph, pw = _pair(padding)
+    sh, sw = _pair(stride)
+    n, c, hi, wi = x.shape
+    xp = x.new_zeros(n, hi + 2 * ph, wi + 2 * pw, c)
+    xp[:, ph:ph + hi, pw:pw + wi] = x.permute(0, 2, 3, 1)
+    hh, ww = xp.shape[1:3]
+    oh = (hh - dh * (kh - 1) - 1) // sh + 1
+    ow = (ww - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"Kernel {kh}×{kw} (dilation {dh}×{dw}) does not fit an input of {hh}×{ww}.")
+    sn, s_h, s_w, sc = xp.stride()
+    view = xp.as_strided((n, oh, ow, kh, kw, c), (sn, s_h * sh, s_w * sw, s_h * dh, s_w * dw, sc))
+    return view.reshape(n, oh * ow, kh * kw * c)
+
+
+def _channels_inner(module: nn.Module, positions: int) -> bool:
+    """Whether :func:`_unfold_channels_inner` builds this layer's input factor faster than the canonical
+    order: a zero-padded ``Conv2d`` with a kernel larger than 1×1 (for 1×1 the two orders are the
+    same), more input channels than kernel columns and more than one position (with one position,
+    or ``C_in ≤ kw``, the canonical copy is as cheap)."""
+    return isinstance(module, nn.Conv2d) and not _pointwise(module) and module.groups == 1 \
+        and not isinstance(module.padding, str) and module.padding_mode == "zeros" \
+        and module.in_channels > _pair(module.kernel_size)[1] and positions > 1 \
+        and _pair(module.kernel_size) != (1, 1)
+
+
+def channels_inner_order(module: nn.Conv2d) -> torch.Tensor:
+    """``order[j]``: the canonical column (``weight.flatten(1)`` order, bias last) of row ``j`` of a
+    factor built by :func:`_unfold_channels_inner` (rows in ``(kh, kw, C_in)`` order)."""
+    kh, kw = _pair(module.kernel_size)
+    c = module.in_channels
+    order = torch.arange(c * kh * kw).view(c, kh, kw).permute(1, 2, 0).reshape(-1)
+    if _has_bias(module):
+        order = torch.cat([order, torch.tensor([c * kh * kw])])
+    return order
+
+
 def _input_factor(module: nn.Module, x: torch.Tensor, out_hw: tuple[int, ...]) -> torch.Tensor:
     """Input factor ``h`` ``(N, D, T)`` of one layer from its raw input (for convolutions and linear
     layers a transposed view of a contiguous position-major ``(N, T, D)`` tensor; see :func:`unfold`)."""
@@ -271,6 +317,7 @@ class LayerFactors:
     offset: torch.Tensor | None = None
     _h: torch.Tensor | None = field(default=None, repr=False)
     _delta: torch.Tensor | None = field(default=None, repr=False)
+    _h_fast: tuple[torch.Tensor, torch.Tensor | None] | None = field(default=None, repr=False)
 
     @property
     def h(self) -> torch.Tensor:
@@ -278,6 +325,27 @@ class LayerFactors:
         if self._h is None:
             self._h = _input_factor(self.module, self.raw_input, self.out_hw)
         return self._h
+
+    @property
+    def h_fast(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(h, order)``: the input factor with its rows in the order that is cheapest to build.
+
+        For a convolution with more input channels than kernel columns (and more than one
+        position) the rows are in ``(kh, kw, C_in)`` order (:func:`_unfold_channels_inner`) and
+        ``order[j]`` is the canonical row (that of :attr:`h`) of row ``j``; otherwise ``h`` is
+        :attr:`h` and ``order`` is None. Sums over rows do not depend on the order, so the Fisher
+        approximations use this one and map their ``(C, D)`` weights and bases through ``order``.
+        """
+        if self._h_fast is None:
+            if self._h is None and _channels_inner(self.module, self.positions):
+                m = self.module
+                ht = _unfold_channels_inner(self.raw_input, m.kernel_size, m.dilation, m.padding, m.stride)
+                if _has_bias(m):
+                    ht = torch.cat([ht, ht.new_ones(ht.shape[0], ht.shape[1], 1)], 2)
+                self._h_fast = (ht.transpose(1, 2), channels_inner_order(m).to(ht.device))
+            else:
+                self._h_fast = (self.h, None)
+        return self._h_fast
 
     @property
     def delta(self) -> torch.Tensor:
@@ -314,9 +382,12 @@ class LayerFactors:
         """Row slices so that one ``(n, C, D)`` block has at most ``max_elements`` elements."""
         return row_chunks(self.n, *self.shape, max_elements)
 
-    def grads_chunk(self, rows: slice) -> torch.Tensor:
-        """Per-sample gradients ``(n, C, D)`` of the samples in ``rows`` (unfold + bmm)."""
-        g = torch.bmm(self.delta[rows], self.h[rows].transpose(1, 2))
+    def grads_chunk(self, rows: slice, canonical: bool = True, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample gradients ``(n, C, D)`` of the samples in ``rows`` (unfold + bmm); with
+        ``canonical=False`` the columns are in :attr:`h_fast`'s order. ``out``: an ``(n, C, D)``
+        tensor to write into."""
+        h = self.h if canonical else self.h_fast[0]
+        g = torch.bmm(self.delta[rows], h[rows].transpose(1, 2), out=out)
         if self.offset is not None:
             g += self.offset
         return g

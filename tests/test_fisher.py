@@ -21,7 +21,7 @@ class Net(nn.Module):
     def __init__(self):
         super().__init__()
         self.a = nn.Conv2d(2, 20, 3, stride=2, padding=1, bias=True)   # T=16, C=20, D=19
-        self.b = nn.Conv2d(20, 3, 3, padding=1, bias=False)            # T=16, C=3,  D=180
+        self.b = nn.Conv2d(20, 3, 3, padding=1, bias=True)             # T=16, C=3,  D=181 (channels-inner order)
         self.c = nn.Conv2d(3, 4, 4, bias=False)                        # T=1 (rank one)
         self.lin = nn.Linear(4, 2, bias=True)                          # T=1 with bias
         self.p = nn.Conv2d(2, 2, 1, bias=False)                        # T=64, C=2, D=2
@@ -70,6 +70,15 @@ def _brute_force_grads(net, x, name):
         gs = torch.autograd.grad(net.per_sample_loss(x[i:i + 1])[0], params)
         rows.append(torch.cat([g.flatten() for g in gs]))
     return torch.stack(rows)
+
+
+def test_the_net_covers_both_input_factor_orders(setup):
+    """Layer b (C_in = 20 > kw, bias) is built in the channels-inner order the Fishers map through
+    (``LayerFactors.h_fast``), the others canonically: the dense-formula tests below cover both."""
+    net, x, layers, _ = setup
+    stats = _stats(net, layers, x[:4])
+    assert stats["b"].h_fast[1] is not None
+    assert all(stats[n].h_fast[1] is None for n in LAYERS if n != "b")
 
 
 def test_diag_equals_dense_formula(setup):

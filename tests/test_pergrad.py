@@ -12,7 +12,8 @@ from torch.func import functional_call, grad, vmap
 
 from rose_core.models import VAE, Glow, GlowConfig, VAEConfig
 from rose_core.models.glow import InvConv1x1
-from rose_core.pergrad import UnsupportedLayer, capture_factors, grad_shape, per_sample_grads, resolve_layers
+from rose_core.pergrad import (LayerFactors, UnsupportedLayer, capture_factors, grad_shape, per_sample_grads,
+                               resolve_layers)
 
 TOL = dict(rtol=1e-9, atol=1e-10)
 pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning"),
@@ -231,6 +232,25 @@ def test_strided_unfold_equals_torch_unfold(shape, k, d, p, s):
 
     x = torch.randn(shape, dtype=torch.float64)
     assert torch.equal(unfold(x, k, d, p, s), F.unfold(x, k, dilation=d, padding=p, stride=s))
+
+
+@pytest.mark.parametrize("k,d,p,s,bias", [(3, 1, 1, 2, True), ((3, 2), 2, (2, 1), 1, False), (4, 1, 0, 3, True)])
+def test_channels_inner_factor_is_the_canonical_factor_reordered(k, d, p, s, bias):
+    """``h_fast`` (rows in (kh, kw, C_in) order) holds the rows of ``h`` in ``order``, and the
+    per-sample gradients in that order are the canonical ones with their columns reordered."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, k, stride=s, padding=p, dilation=d, bias=bias)
+    x = torch.randn(3, 6, 11, 9)
+    out = conv(x)
+    grad = torch.randn_like(out)
+    fast = LayerFactors("c", conv, x, grad, tuple(out.shape[2:]))
+    canonical = LayerFactors("c", conv, x, grad, tuple(out.shape[2:]))
+    h, order = fast.h_fast
+    assert order is not None and sorted(order.tolist()) == list(range(canonical.shape[1]))
+    assert torch.equal(h, canonical.h[:, order])
+    g_fast = fast.grads_chunk(slice(0, 3), canonical=False)
+    assert torch.allclose(g_fast, canonical.grads()[:, :, order], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(fast.grads(), canonical.grads(), rtol=1e-5, atol=1e-6)
 
 
 def test_a_layer_the_loss_never_reaches_is_an_error_not_a_zero_gradient():
