@@ -68,7 +68,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(kind=args.model, preset=args.preset, dataset=args.dataset, out=args.out, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, subset=args.subset, device=args.device,
                       resume=not args.no_resume, max_minutes=args.max_minutes, noise_fraction=args.noise_fraction,
-                      l2=args.l2, capacity=args.capacity, eval_subset=args.eval_subset, progress=not args.quiet,
+                      l2=args.l2, capacity=args.capacity, eval_subset=args.eval_subset, keep_epochs=args.keep_epochs,
+                      progress=not args.quiet,
                       data=args.data, channels=args.channels, compile=args.compile,
                       extensions=[e for e in args.ext.split(",") if e] if args.ext else None)
     if args.data is not None and args.dataset is not None:
@@ -142,11 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that would exceed this")
     p.add_argument("--noise-fraction", type=float, default=0.0, help="background model: fraction of random pixels")
-    p.add_argument("--l2", type=float, default=0.0)
+    p.add_argument("--l2", type=float, default=None,
+                   help="weight decay (default: the preset's: 5e-5 for the CIFAR-10 Glow, as in the paper, else 0)")
     p.add_argument("--capacity", type=float, default=1.0)
     p.add_argument("--compile", action="store_true",
                    help="run the training loss through torch.compile (see benchmarks/bench_train.py for whether it pays)")
     p.add_argument("--eval-subset", type=int, default=None)
+    p.add_argument("--keep-epochs", default=None, metavar="DIR",
+                   help="keep a copy of every epoch's checkpoint in DIR/epoch-NNN/ (choose one afterwards by held-out "
+                        "bits/dim: scripts/select_epoch.py)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
 

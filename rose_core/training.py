@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,8 +35,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rose_core.checkpoint import (load_model, load_training_state, read_card, save_model, save_training_state,
-                                  weights_path)
+from rose_core.checkpoint import (card_path, load_model, load_training_state, read_card, save_model,
+                                  save_training_state, weights_path)
 from rose_core.data import load_dataset, to_model_input
 from rose_core.errors import InvalidInput
 from rose_core.models import GenerativeModel, build_model
@@ -60,11 +61,15 @@ class TrainConfig:
     resume: bool = True
     max_minutes: float | None = None
     noise_fraction: float = 0.0
-    l2: float = 0.0
+    l2: float | None = None
+    """Weight decay of the optimizer; None: the preset's (the paper's: 5e-5 for the CIFAR-10 Glow, else 0)."""
     capacity: float = 1.0
     warmup_epochs: float = 1.0
     max_grad_norm: float | None = 100.0
     eval_subset: int | None = None
+    keep_epochs: str | None = None
+    """Folder to keep a copy of every epoch's checkpoint in (``<folder>/epoch-NNN/<name>``), for choosing
+    the epoch by held-out bits/dim afterwards (``scripts/select_epoch.py``); None: keep only the last."""
     iwae_k: int = 20
     eval_batch_size: int = 500
     """Images per batch of the final test bits/dim (IWAE decodes ``5 × batch`` images at once: a colour VAE at
@@ -104,7 +109,8 @@ def validate_config(cfg: TrainConfig) -> None:
     c.in_range("--lr", cfg.lr, 0.0, math.inf, lo_open=True, hi_open=True, optional=True)
     c.in_range("--max-minutes", cfg.max_minutes, 0.0, math.inf, lo_open=True, hi_open=True, optional=True)
     c.in_range("--noise-fraction", cfg.noise_fraction, 0.0, 1.0)
-    c.in_range("--l2", cfg.l2, 0.0, math.inf, hi_open=True)
+    if cfg.l2 is not None:
+        c.in_range("--l2", cfg.l2, 0.0, math.inf, hi_open=True)
     c.in_range("--capacity", cfg.capacity, 0.0, math.inf, lo_open=True, hi_open=True)
     if cfg.channels not in (None, 1, 3):
         raise InvalidInput(f"--channels must be 1 or 3, got {cfg.channels!r}.")
@@ -159,11 +165,17 @@ def _training_images(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int | No
     return train_images, test_images, folder["channels"]
 
 
+def weight_decay(cfg: TrainConfig) -> float:
+    """``cfg.l2``, or the preset's when it is None: 5e-5 for the CIFAR-10 Glow (the paper's), else 0."""
+    if cfg.l2 is not None:
+        return cfg.l2
+    return 5e-5 if cfg.kind == "glow" and cfg.preset == "cifar10" else 0.0
+
+
 def _optimizer(model: GenerativeModel, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.kind == "vae":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr or 1e-3, weight_decay=cfg.l2)
-    wd = 5e-5 if cfg.preset == "cifar10" else 0.0
-    return torch.optim.Adamax(model.parameters(), lr=cfg.lr or 5e-4, weight_decay=wd)
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr or 1e-3, weight_decay=weight_decay(cfg))
+    return torch.optim.Adamax(model.parameters(), lr=cfg.lr or 5e-4, weight_decay=weight_decay(cfg))
 
 
 def _lr_at(cfg: TrainConfig, base_lr: float, epoch: int, step_in_run: int, steps_per_epoch: int) -> float:
@@ -294,6 +306,8 @@ def _epochs(cfg: TrainConfig, model, optimizer, loss_fn, data: torch.Tensor, tes
         train_bpd = model.bits_per_dim(torch.tensor(run_loss / max(run_n, 1))).item()
         log.info("%s epoch %d: train bits/dim %.4f (%.1fs)", out.name, epoch + 1, train_bpd, time.time() - epoch_start)
         _save(model, optimizer, cfg, out, epoch + 1, step, train_seconds, train_bpd, skipped, len(data))
+        if cfg.keep_epochs:
+            _keep_copy(out, Path(cfg.keep_epochs) / f"epoch-{epoch + 1:03d}")
         if cfg.max_minutes is not None:
             per_epoch = time.time() - epoch_start
             if (time.time() - t0 + per_epoch) / 60.0 > cfg.max_minutes:
@@ -306,6 +320,13 @@ def _epochs(cfg: TrainConfig, model, optimizer, loss_fn, data: torch.Tensor, tes
     save_model(model.cpu(), out, **{k: v for k, v in card.items() if k not in ("kind", "config", "library_version",
                                                                              "num_parameters")})
     return read_card(out)
+
+
+def _keep_copy(out: Path, folder: Path) -> None:
+    """Copy the checkpoint ``out`` (card and weights, not the optimizer state) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in (card_path(out), weights_path(out)):
+        shutil.copy2(src, folder / src.name)
 
 
 def _check_resumable(out: Path, cfg: TrainConfig) -> None:
@@ -338,7 +359,7 @@ def _save(model, optimizer, cfg: TrainConfig, out: Path, epochs: int, step: int,
         "batch_size": cfg.batch_size, "optimizer": type(optimizer).__name__, "lr": cfg.lr or optimizer.defaults["lr"],
         "seed": cfg.seed, "train_seconds": round(train_seconds, 1), "train_bits_per_dim": round(train_bpd, 5),
         "skipped_nonfinite_steps": skipped, "device": str(next(model.parameters()).device.type),
-        "noise_fraction": cfg.noise_fraction, "l2": cfg.l2, **cfg.extra_card,
+        "noise_fraction": cfg.noise_fraction, "weight_decay": weight_decay(cfg), **cfg.extra_card,
     }
     if cfg.noise_fraction > 0:
         card["role"] = "likelihood-ratio background"

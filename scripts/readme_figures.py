@@ -79,6 +79,13 @@ def checkpoints() -> str:
                          f"held-out {_f(r['test_bits_per_dim'])} bits/dim against this checkpoint's {_f(bpd)}, while the "
                          f"training images' fell from {_f(c.get('train_bits_per_dim'))} to {_f(r['train_bits_per_dim'])} "
                          f"(it overfits its {c.get('train_images', '?')} training images).")
+        kept = c.get("held_out_by_epoch") or []
+        if len(kept) > 1:
+            last = max(kept, key=lambda r: r["epoch"])
+            first = min(r["epoch"] for r in kept)
+            notes.append(f"`{card_file.stem}`: epoch {epochs} of the {len(kept)} kept (epochs {first}–{last['epoch']}), chosen by "
+                         f"held-out bits/dim ({_f(bpd)}; the last epoch's: {_f(last['test_bits_per_dim'])}; "
+                         "`scripts/select_epoch.py`).")
     return "\n".join(rows) + "\n" + "".join(f"\n{n}\n" for n in notes)
 
 
@@ -147,12 +154,12 @@ def train_speed() -> str:
             "optimised layout)" + (f" (`{b['command'].strip()}`)" if b.get("command") else "") + ".\n")
 
 
-def cifar_auroc() -> str:
-    """The CIFAR-10 VAE: AUROC of every method on every OOD set of its bundle (sets as columns)."""
-    res = _bundle("vae-cifar10")
+def cifar_auroc(name: str = "vae-cifar10") -> str:
+    """A CIFAR-10 model: AUROC of every method on every OOD set of its bundle (sets as columns)."""
+    res = _bundle(name)
     if not res.exists:
-        return ("_No results bundle for `vae-cifar10` yet: `python -m rose_core evaluate --checkpoint "
-                "checkpoints/vae-cifar10 --preset table2`._\n")
+        return (f"_No results bundle for `{name}` yet: `python -m rose_core evaluate --checkpoint "
+                f"checkpoints/{name} --preset table2`._\n")
     sets = [d for d in res.metric_sets() if d != "overall"] + ["overall"]
     methods = [m for m in ["rose-ekfac", "rose-diag", "rose+typicality", "typicality", "nll", "likelihood-ratio", "input-complexity-png",
                            "input-complexity-jp2", "likelihood-regret"] if m in res.metric_methods()]
@@ -166,6 +173,10 @@ def cifar_auroc() -> str:
         text += "; " + ", ".join(f"{method_title(m)} on {d}: {res.counts(m, d)[0]} vs {res.counts(m, d)[1]} "
                                  "(its cost per image)" for m, d in few)
     return text + ".\n"
+
+
+def cifar_glow_auroc() -> str:
+    return cifar_auroc("glow-cifar10")
 
 
 def _stress(name: str) -> str:
@@ -485,7 +496,7 @@ def app_speed() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "app-speed": app_speed,
-    "checkpoints": checkpoints, "model-comparison": model_comparison, "cifar-auroc": cifar_auroc, "train-speed": train_speed, "nll-failure": nll_failure, "vae-auroc": vae_auroc, "glow-auroc": glow_auroc,
+    "checkpoints": checkpoints, "model-comparison": model_comparison, "cifar-auroc": cifar_auroc, "cifar-glow-auroc": cifar_glow_auroc, "train-speed": train_speed, "nll-failure": nll_failure, "vae-auroc": vae_auroc, "glow-auroc": glow_auroc,
     "vae-stress": vae_stress, "verdict": verdict, "glow-stress": glow_stress, "fit-speed": fit_speed, "throughput": throughput, "floor": floor,
     "peers": peers, "peers-ftz": peers_ftz, "score-speed": score_speed,
     "your-data": your_data, "figure6": figure6, "classifier-detectors": classifier_detectors,

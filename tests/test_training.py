@@ -38,6 +38,16 @@ def test_background_model_card(tmp_path):
     card = train(_cfg(tmp_path, out=str(tmp_path / "bg"), noise_fraction=0.3, l2=1e-4))
     assert card["role"] == "likelihood-ratio background"
     assert read_card(tmp_path / "bg")["noise_fraction"] == 0.3
+    assert card["weight_decay"] == 1e-4
+
+
+def test_weight_decay_is_the_presets_unless_given():
+    from rose_core.training import TrainConfig, weight_decay
+
+    assert weight_decay(TrainConfig(out="x", kind="glow", preset="cifar10")) == 5e-5
+    assert weight_decay(TrainConfig(out="x", kind="glow", preset="fmnist")) == 0.0
+    assert weight_decay(TrainConfig(out="x", kind="vae", preset="cifar10")) == 0.0
+    assert weight_decay(TrainConfig(out="x", kind="glow", preset="cifar10", l2=0.0)) == 0.0
 
 
 def test_cifar_preset_trains_on_synthetic_rgb(tmp_path, monkeypatch):
@@ -57,3 +67,30 @@ def test_cifar_preset_trains_on_synthetic_rgb(tmp_path, monkeypatch):
         assert card["config"]["channels"] == 3
         model, _ = load_model(tmp_path / kind)
         assert model.input_shape == (3, 32, 32)
+
+
+def test_kept_epochs_and_the_held_out_choice(tmp_path):
+    """--keep-epochs leaves every epoch's checkpoint; scripts/select_epoch.py writes the one with the lowest
+    held-out bits/dim with every epoch's figure on its card, and drops a later epoch's optimizer state."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import select_epoch
+
+    keep = tmp_path / "epochs"
+    train(_cfg(tmp_path, epochs=2, keep_epochs=str(keep)))
+    assert sorted(d.name for d in keep.iterdir()) == ["epoch-001", "epoch-002"]
+    assert read_card(keep / "epoch-001" / "vae")["epochs"] == 1
+    table = tmp_path / "epochs.json"
+    assert select_epoch.main(["--epochs-dir", str(keep), "--out", str(tmp_path / "vae"), "--table", str(table),
+                              "--iwae-k", "2", "--eval-subset", "32"]) == 0
+    card = read_card(tmp_path / "vae")
+    by_epoch = {r["epoch"]: r["test_bits_per_dim"] for r in card["held_out_by_epoch"]}
+    assert set(by_epoch) == {1, 2}
+    best = min(by_epoch, key=by_epoch.get)
+    assert card["epochs"] == best and card["test_bits_per_dim"] == by_epoch[best]
+    assert json.loads(table.read_text())["chosen_epoch"] == best
+    assert (tmp_path / "vae.train.json").exists() == (best == 2)
+    load_model(tmp_path / "vae")   # the weights match the card's hash

@@ -1,0 +1,93 @@
+"""Choose the epoch of a training run by held-out bits/dim (an in-distribution criterion).
+
+A run with ``--keep-epochs DIR`` leaves a copy of every epoch's checkpoint in ``DIR/epoch-NNN/``.
+This script measures each copy's test bits/dim on the held-out test split of the dataset it was
+trained on (the same measure as the trainer's card: exact NLL for Glow, IWAE-k for the VAE), picks
+the lowest, and writes it to ``--out`` with the card fields ``test_bits_per_dim``,
+``held_out_by_epoch`` (every epoch's figure) and ``selected_by``. When the chosen epoch is not the
+run's last, the run's optimizer state beside ``--out`` (``<out>.train.*``, a later epoch's) is
+removed, so resuming restarts the optimizer moments from the chosen weights (the trainer records
+that on the card). The table is also written to ``--table`` (JSON) as the artifact the docs quote.
+
+    python scripts/select_epoch.py --epochs-dir runs/glow-cifar10 --out checkpoints/glow-cifar10 \\
+        --table results/glow-cifar10/epochs.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from rose_core.checkpoint import card_path, load_model, read_card, save_model, weights_path
+from rose_core.data import load_dataset
+from rose_core.training import evaluate_bits_per_dim
+
+CARD_ONLY = ("kind", "config", "library_version", "num_parameters", "weights_sha256")
+
+
+def held_out(folder: Path, iwae_k: int, batch_size: int, eval_subset: int | None) -> tuple[dict, dict]:
+    """``(card, metrics)`` of the one checkpoint in ``folder``."""
+    cards = sorted(folder.glob("*.json"))
+    if len(cards) != 1:
+        raise SystemExit(f"{folder} must hold exactly one checkpoint card, found {len(cards)}.")
+    stem = cards[0].with_suffix("")
+    model, card = load_model(stem)
+    if not card.get("dataset"):
+        raise SystemExit(f"{cards[0]} names no registry dataset; held-out images of a folder run are not supported here.")
+    test = load_dataset(card["dataset"], "test")
+    images = test.images if eval_subset is None else test.subset(eval_subset, seed=0).images
+    metrics = evaluate_bits_per_dim(model, images, torch.device("cpu"), batch_size=batch_size, iwae_k=iwae_k)
+    return card, {"epoch": card["epochs"], "n_images": len(images), **{k: round(v, 5) for k, v in metrics.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--epochs-dir", required=True, help="the --keep-epochs folder of the run")
+    p.add_argument("--out", required=True, help="checkpoint to write the chosen epoch to, e.g. checkpoints/glow-cifar10")
+    p.add_argument("--table", default=None, help="also write the per-epoch table here (JSON)")
+    p.add_argument("--iwae-k", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--eval-subset", type=int, default=None)
+    args = p.parse_args(argv)
+
+    folders = sorted(d for d in Path(args.epochs_dir).glob("epoch-*") if d.is_dir())
+    if not folders:
+        raise SystemExit(f"No epoch-NNN folders in {args.epochs_dir}: train with --keep-epochs {args.epochs_dir}.")
+    rows, cards = [], {}
+    for folder in folders:
+        card, row = held_out(folder, args.iwae_k, args.batch_size, args.eval_subset)
+        rows.append(row)
+        cards[row["epoch"]] = (folder, card)
+        print(f"epoch {row['epoch']:3d}: held-out {row['nll']:.4f} bits/dim ({row['n_images']} images)", flush=True)
+    best = min(rows, key=lambda r: r["nll"])
+    last = max(r["epoch"] for r in rows)
+    folder, card = cards[best["epoch"]]
+    stem = next(folder.glob("*.json")).with_suffix("")
+    model, _ = load_model(stem)
+    out = Path(args.out)
+    fields = {k: v for k, v in card.items() if k not in CARD_ONLY}
+    fields.update({"test_bits_per_dim": best["nll"], "test_images": best["n_images"],
+                   "held_out_by_epoch": [{"epoch": r["epoch"], "test_bits_per_dim": r["nll"]} for r in rows],
+                   "selected_by": "lowest held-out bits/dim (the dataset's test split) over the kept epochs "
+                                  "(scripts/select_epoch.py)"})
+    fields.pop("test_bits_per_dim_neg_elbo", None)
+    if "neg_elbo" in best:
+        fields["test_bits_per_dim_neg_elbo"] = best["neg_elbo"]
+    save_model(model, out, **fields)
+    if best["epoch"] != last:
+        for f in (out.parent / f"{out.name}.train.json", out.parent / f"{out.name}.train.safetensors"):
+            f.unlink(missing_ok=True)
+    print(f"chose epoch {best['epoch']} of {last}: {best['nll']:.4f} bits/dim -> {card_path(out)}, {weights_path(out)}")
+    if args.table:
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table).write_text(json.dumps({"command": "python scripts/select_epoch.py " + " ".join(
+            sys.argv[1:] if argv is None else argv), "chosen_epoch": best["epoch"], "epochs": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
