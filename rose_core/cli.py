@@ -68,6 +68,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(kind=args.model, preset=args.preset, dataset=args.dataset, out=args.out, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, subset=args.subset, device=args.device,
                       resume=not args.no_resume, max_minutes=args.max_minutes, noise_fraction=args.noise_fraction,
+                      perturbation=args.perturbation, perturbation_strength=args.perturbation_strength,
                       l2=args.l2, capacity=args.capacity, eval_subset=args.eval_subset, keep_epochs=args.keep_epochs,
                       progress=not args.quiet,
                       data=args.data, channels=args.channels, compile=args.compile,
@@ -143,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that would exceed this")
     p.add_argument("--noise-fraction", type=float, default=0.0, help="background model: fraction of random pixels")
+    p.add_argument("--perturbation", default=None, choices=["svd", "dct", "gaussian"],
+                   help="background model on blurred inputs (the Likelihood Ratio's Table 10 variants)")
+    p.add_argument("--perturbation-strength", type=int, default=None, metavar="K",
+                   help="K of --perturbation svd/dct (default 28, the paper's)")
     p.add_argument("--l2", type=float, default=None,
                    help="weight decay (default: the preset's: 5e-5 for the CIFAR-10 Glow, as in the paper, else 0)")
     p.add_argument("--capacity", type=float, default=1.0)

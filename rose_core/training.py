@@ -4,7 +4,9 @@ VAE: Adam 1e-3, halved every 30 epochs, batch 64 (Appendix B.1).
 Glow: Adamax 5e-4 with a linear learning-rate warm-up, batch 64, weight decay
 5e-5 for CIFAR-10 (Appendix B.2). The Likelihood-Ratio background model is the
 same VAE trained on inputs with a fraction ``noise_fraction`` of pixels
-replaced by uniform values, with an optional L2 weight ``l2`` (Ren et al. 2019).
+replaced by uniform values, with an optional L2 weight ``l2`` (Ren et al. 2019);
+the paper's Table 10 also trains it on blurred inputs: ``perturbation`` ``svd``
+or ``dct`` (K = 28 by default) or ``gaussian`` (:mod:`rose_core.perturb`).
 
 The whole training set is held as one uint8 tensor on the device and shuffled
 per epoch, which is faster than a DataLoader for 32×32 images.
@@ -41,7 +43,7 @@ from rose_core.data import load_dataset, to_model_input
 from rose_core.errors import InvalidInput
 from rose_core.models import GenerativeModel, build_model
 from rose_core.pergrad import flush_denormals
-from rose_core.perturb import random_pixels
+from rose_core.perturb import apply as apply_perturbation, random_pixels
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,11 @@ class TrainConfig:
     resume: bool = True
     max_minutes: float | None = None
     noise_fraction: float = 0.0
+    perturbation: str | None = None
+    """Background model on blurred inputs: ``svd``, ``dct`` or ``gaussian`` (the random-pixel one is
+    ``noise_fraction``); None: train on the images as they are."""
+    perturbation_strength: int | None = None
+    """K of ``svd``/``dct`` (the bottom K singular values or frequencies dropped); None: 28, the paper's."""
     l2: float | None = None
     """Weight decay of the optimizer; None: the preset's (the paper's: 5e-5 for the CIFAR-10 Glow, else 0)."""
     capacity: float = 1.0
@@ -109,6 +116,17 @@ def validate_config(cfg: TrainConfig) -> None:
     c.in_range("--lr", cfg.lr, 0.0, math.inf, lo_open=True, hi_open=True, optional=True)
     c.in_range("--max-minutes", cfg.max_minutes, 0.0, math.inf, lo_open=True, hi_open=True, optional=True)
     c.in_range("--noise-fraction", cfg.noise_fraction, 0.0, 1.0)
+    if cfg.perturbation is not None:
+        if cfg.perturbation not in BLUR_PERTURBATIONS:
+            raise InvalidInput(f"--perturbation must be one of {', '.join(BLUR_PERTURBATIONS)} (random pixels: "
+                               f"--noise-fraction), got {cfg.perturbation!r}.")
+        if cfg.noise_fraction > 0:
+            raise InvalidInput("Give either --perturbation or --noise-fraction, not both: a background model is "
+                               "trained with one perturbation.")
+    if cfg.perturbation_strength is not None:
+        if cfg.perturbation not in ("svd", "dct"):
+            raise InvalidInput("--perturbation-strength is the K of --perturbation svd or dct.")
+        c.in_range("--perturbation-strength", cfg.perturbation_strength, 1, 31)
     if cfg.l2 is not None:
         c.in_range("--l2", cfg.l2, 0.0, math.inf, hi_open=True)
     c.in_range("--capacity", cfg.capacity, 0.0, math.inf, lo_open=True, hi_open=True)
@@ -163,6 +181,10 @@ def _training_images(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int | No
                                                                            replace=False))]
     cfg.extra_card["data"] = folder["provenance"]
     return train_images, test_images, folder["channels"]
+
+
+BLUR_PERTURBATIONS = ("svd", "dct", "gaussian")
+"""The blurring perturbations a background model can be trained with (Table 10 of the paper)."""
 
 
 def weight_decay(cfg: TrainConfig) -> float:
@@ -279,6 +301,8 @@ def _epochs(cfg: TrainConfig, model, optimizer, loss_fn, data: torch.Tensor, tes
                 xb = xb.float() / 255.0
             if cfg.noise_fraction > 0:
                 xb = random_pixels(xb, cfg.noise_fraction, generator=gen)
+            elif cfg.perturbation is not None:
+                xb = apply_perturbation(cfg.perturbation, xb, cfg.perturbation_strength)
             lr = _lr_at(cfg, base_lr, epoch, step - warmup_origin, steps_per_epoch)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -331,8 +355,12 @@ def _keep_copy(out: Path, folder: Path) -> None:
 
 def _check_resumable(out: Path, cfg: TrainConfig) -> None:
     """A run resumed on a folder must read the same file list (its SHA-256 on the card) with the same channels;
-    a checkpoint trained on a folder does not resume on a registry dataset."""
+    a checkpoint trained on a folder does not resume on a registry dataset; a background model resumes only with
+    its own perturbation."""
     card = read_card(out)
+    if card.get("perturbation") != cfg.perturbation:
+        raise InvalidInput(f"{out} was trained with perturbation {card.get('perturbation')!r}, not "
+                           f"{cfg.perturbation!r}; pass the same --perturbation, or --no-resume to start again.")
     before = card.get("data") or {}
     if cfg.data is None:
         if card.get("dataset") is None and before.get("source") == "folder":
@@ -361,7 +389,11 @@ def _save(model, optimizer, cfg: TrainConfig, out: Path, epochs: int, step: int,
         "skipped_nonfinite_steps": skipped, "device": str(next(model.parameters()).device.type),
         "noise_fraction": cfg.noise_fraction, "weight_decay": weight_decay(cfg), **cfg.extra_card,
     }
-    if cfg.noise_fraction > 0:
+    if cfg.perturbation is not None:
+        card["perturbation"] = cfg.perturbation
+        if cfg.perturbation in ("svd", "dct"):
+            card["perturbation_strength"] = cfg.perturbation_strength or 28
+    if cfg.noise_fraction > 0 or cfg.perturbation is not None:
         card["role"] = "likelihood-ratio background"
     state = {k: v for k, v in model.state_dict().items()}
     model_cpu_state = {k: v.detach().cpu() for k, v in state.items()}

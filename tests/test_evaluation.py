@@ -489,3 +489,26 @@ def test_cli_report_refuses_a_missing_or_empty_results_folder(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and str(folder) in err
     assert not out.exists()
+
+
+def test_perturbations_preset_finds_blurred_backgrounds_and_names_the_missing(world, bundle):
+    """Tables 10/11: a ``<checkpoint>-background-svd`` whose card says ``perturbation: svd`` is scored as the
+    Likelihood Ratio's SVD row; the missing DCT/Gaussian backgrounds are listed with their train command."""
+    from rose_core.checkpoint import card_path, weights_path
+
+    stem = world / "ckpt" / "tiny-vae-background-svd"
+    torch.manual_seed(2)
+    save_model(VAE(VAEConfig(base_width=4, latent_dim=3)).eval(), stem, dataset=IN, epochs=0, perturbation="svd",
+               perturbation_strength=28)
+    try:
+        ev = _ev(world, ood_sets=[OOD_A])
+        table = ev.perturbations(ood_sets=[OOD_A])
+        assert f"likelihood-ratio:background={stem}" in set(table["method"])
+        missing = ev.bundle.meta["experiments"]["perturbations"]["missing"]
+        assert "likelihood-ratio (svd)" not in missing and "likelihood-ratio (random)" not in missing
+        for pert in ("dct", "gaussian"):
+            assert f"--perturbation {pert} --out {world / 'ckpt' / 'tiny-vae'}-background-{pert}" in \
+                missing[f"likelihood-ratio ({pert})"]
+    finally:
+        card_path(stem).unlink()
+        weights_path(stem).unlink()

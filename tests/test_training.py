@@ -94,3 +94,36 @@ def test_kept_epochs_and_the_held_out_choice(tmp_path):
     assert json.loads(table.read_text())["chosen_epoch"] == best
     assert (tmp_path / "vae.train.json").exists() == (best == 2)
     load_model(tmp_path / "vae")   # the weights match the card's hash
+
+
+def test_blurred_background_model_card_and_checks(tmp_path):
+    from rose_core.errors import InvalidInput
+
+    card = train(_cfg(tmp_path, out=str(tmp_path / "bg-svd"), perturbation="svd"))
+    assert card["role"] == "likelihood-ratio background"
+    assert card["perturbation"] == "svd" and card["perturbation_strength"] == 28
+    with pytest.raises(InvalidInput, match="perturbation 'svd'"):   # resuming with another perturbation
+        train(_cfg(tmp_path, out=str(tmp_path / "bg-svd"), perturbation="dct", epochs=2))
+    with pytest.raises(InvalidInput, match="not both"):
+        train(_cfg(tmp_path, out=str(tmp_path / "x"), perturbation="gaussian", noise_fraction=0.2))
+    with pytest.raises(InvalidInput, match="--perturbation must be one of"):
+        train(_cfg(tmp_path, out=str(tmp_path / "x"), perturbation="random"))
+    with pytest.raises(InvalidInput, match="K of --perturbation"):
+        train(_cfg(tmp_path, out=str(tmp_path / "x"), perturbation="gaussian", perturbation_strength=5))
+
+
+def test_the_blurred_inputs_are_what_the_background_model_sees(tmp_path, monkeypatch):
+    """Each training batch goes through rose_core.perturb.apply with the card's perturbation and K."""
+    import rose_core.training as training
+
+    seen = []
+    real = training.apply_perturbation
+
+    def spy(name, x, strength=None, seed=0):
+        seen.append((name, strength, tuple(x.shape)))
+        return real(name, x, strength, seed=seed)
+
+    monkeypatch.setattr(training, "apply_perturbation", spy)
+    train(_cfg(tmp_path, out=str(tmp_path / "bg-dct"), perturbation="dct", perturbation_strength=22))
+    assert seen and all(s[:2] == ("dct", 22) for s in seen)
+    assert read_card(tmp_path / "bg-dct")["perturbation_strength"] == 22

@@ -140,9 +140,10 @@ class PaperPresets:
                         bg = cand
                         break
             if bg is None:
-                cmd = (f"python -m rose_core train --model {self.kind} --noise-fraction 0.2 "
-                       f"--out {self.checkpoint}-background-random" if pert == "random" else
-                       f"(not supported by the trainer: a {pert}-perturbed background model)")
+                how = "--noise-fraction 0.2" if pert == "random" else f"--perturbation {pert}"
+                preset = "cifar10" if self.card.get("config", {}).get("channels") == 3 else "fmnist"
+                cmd = (f"python -m rose_core train --model {self.kind} --preset {preset} --dataset "
+                       f"{self.in_dataset} {how} --out {self.checkpoint}-background-{pert}")
                 missing[f"likelihood-ratio ({pert})"] = cmd
             elif self.background_path() is not None and Path(bg) == self.background_path():
                 methods.append("likelihood-ratio")  # the default background: same unit as in table2
