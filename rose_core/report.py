@@ -25,7 +25,7 @@ from rose_core.results import bundles, results_root
 
 
 SECTIONS = [overview.cannot_run, overview.comparison, overview.checkpoints, overview.ood_sets, overview.settings, overview.headline,
-            tables.vae_tables, tables.glow_tables, tables.capacity, tables.fisher_kinds,
+            tables.vae_tables, tables.glow_tables, tables.glow_cifar10_tables, tables.capacity, tables.fisher_kinds,
             experiments.brightness, experiments.perturbations, experiments.measurements, experiments.stress,
             classifiers.section, overview.reproduce]
 """The report's sections after the introduction, in order."""

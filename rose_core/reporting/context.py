@@ -29,11 +29,13 @@ class Context:
     glow: Results | None
     vae_cifar10: Results | None = None
     """The CIFAR-10 VAE's bundle (``vae-cifar10``, trained on the 5,085-image subset), if any."""
+    glow_cifar10: Results | None = None
+    """The CIFAR-10 Glow's bundle (``glow-cifar10``, trained on the same subset), if any."""
 
     @classmethod
     def of(cls, root: Path, checkpoints: Path, bundles: dict[str, Results]) -> "Context":
         return cls(root, checkpoints, bundles, _main(bundles, "vae-fmnist", "vae"), _main(bundles, "glow-fmnist", "glow"),
-                   bundles.get("vae-cifar10"))
+                   bundles.get("vae-cifar10"), bundles.get("glow-cifar10"))
 
 
 def _main(bundles: dict[str, Results], name: str, kind: str) -> Results | None:

@@ -60,6 +60,12 @@ def brightness(ctx: Context) -> list[str]:
                 "subset (the paper: 100 epochs on 50,000). The paper's CelebA, SVHN and Omniglot are the offline "
                 "stand-ins `faces-lfw`, `digits-on-photos` and `glyphs-scripts` (†) here.", "",
                 brightness_table(ctx.vae_cifar10), ""]
+    if ctx.glow_cifar10 is not None and experiment(ctx.glow_cifar10, "brightness"):
+        card = ctx.glow_cifar10.checkpoint_card()
+        out += [f"### `{ctx.glow_cifar10.name}` (CIFAR-10 Glow)", "",
+                f"Trained {card.get('epochs', '?')} epochs on the {card.get('train_images', '?'):,}-image CIFAR-10 "
+                "subset (the paper: 50 epochs on 50,000); the paper's brightness tables use its VAE, so this is the "
+                "protocol on another model.", "", brightness_table(ctx.glow_cifar10), ""]
     return out + ["Paper (models trained on CIFAR-10):", "", _paper_brightness(), ""]
 
 
@@ -186,6 +192,10 @@ def measurements(ctx: Context) -> list[str]:
     if ctx.glow is not None:
         out += ["## Throughput (Glow)", "", throughput_table(ctx.glow), "",
                 "## Layer-wise AUROC (Glow)", "", layer_table(ctx.glow), ""]
+    if ctx.glow_cifar10 is not None:
+        if experiment(ctx.glow_cifar10, "throughput"):
+            out += [f"## Throughput (`{ctx.glow_cifar10.name}`)", "", throughput_table(ctx.glow_cifar10), ""]
+        out += [f"## Layer-wise AUROC (`{ctx.glow_cifar10.name}`)", "", layer_table(ctx.glow_cifar10), ""]
     return out
 
 

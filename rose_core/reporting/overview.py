@@ -75,9 +75,22 @@ def _cifar10_note(ctx: Context) -> str:
     return (f"**CIFAR-10 models**: the CIFAR-10 VAE (`{ctx.vae_cifar10.name}`) is trained {card.get('epochs', '?')} "
             f"epoch(s) on the {card.get('train_images', '?'):,}-image `{card.get('dataset', '?')}` "
             f"(the paper: {paper['epochs']} epochs on {paper['train_images']:,} images), so its "
-            "numbers describe a smaller, shorter-trained model. The CIFAR-10 Glow was not trained: on this 2-core "
-            "CPU a Glow step costs many VAE steps (README, training speed, measured by benchmarks/bench_train.py), "
-            "and the CIFAR-10 Glow (K = 8, L = 3, hidden 400, 3 channels) is larger still.")
+            "numbers describe a smaller, shorter-trained model. " + _glow_cifar10_note(ctx))
+
+
+def _glow_cifar10_note(ctx: Context) -> str:
+    if ctx.glow_cifar10 is None:
+        return ("The CIFAR-10 Glow has no bundle: on this 2-core CPU a Glow step costs many VAE steps (README, "
+                "training speed, measured by benchmarks/bench_train.py), and the CIFAR-10 Glow (K = 8, L = 3, hidden "
+                "400, 3 channels) is larger still.")
+    card = ctx.glow_cifar10.checkpoint_card()
+    paper = PAPER_TRAINING[("glow", "cifar10")]
+    kept = card.get("held_out_by_epoch") or []
+    chosen = (f", the epoch with the lowest held-out bits/dim of the {len(kept)} kept" if len(kept) > 1 else "")
+    return (f"The CIFAR-10 Glow (`{ctx.glow_cifar10.name}`) is trained {card.get('epochs', '?')} epoch(s) on the "
+            f"same subset{chosen} (the paper: {paper['epochs']} epochs on {paper['train_images']:,} images): an "
+            "undertrained flow. Its Table 7 (all layers) was not run: a DIAG fit over every layer of this Glow "
+            "costs many times the InvConv fit on this CPU (preset `glow-layers`).")
 
 
 def cannot_run(ctx: Context) -> list[str]:
