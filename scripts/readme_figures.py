@@ -70,6 +70,9 @@ def checkpoints() -> str:
             model = str(c.get("kind", "?")).upper()
         if c.get("noise_fraction"):
             model += f" (background, μ = {c['noise_fraction']})"
+        elif c.get("perturbation"):
+            k = f", K = {c['perturbation_strength']}" if c.get("perturbation_strength") else ""
+            model += f" (background, {c['perturbation']} blur{k})"
         bpd = c.get("test_bits_per_dim")
         epochs = c.get("epochs", c.get("training", {}).get("epochs", "?"))
         rows.append(f"| `checkpoints/{card_file.stem}` | {model} | {c.get('dataset')} train "
@@ -83,9 +86,13 @@ def checkpoints() -> str:
         if len(kept) > 1:
             last = max(kept, key=lambda r: r["epoch"])
             first = min(r["epoch"] for r in kept)
-            notes.append(f"`{card_file.stem}`: epoch {epochs} of the {len(kept)} kept (epochs {first}–{last['epoch']}), chosen by "
-                         f"held-out bits/dim ({_f(bpd)}; the last epoch's: {_f(last['test_bits_per_dim'])}; "
-                         "`scripts/select_epoch.py`).")
+            span = f"the {len(kept)} kept (epochs {first}–{last['epoch']})"
+            if epochs == last["epoch"]:
+                notes.append(f"`{card_file.stem}`: the last of {span} has the lowest held-out bits/dim, still falling "
+                             "when training stopped, so more epochs may help (`scripts/select_epoch.py`).")
+            else:
+                notes.append(f"`{card_file.stem}`: epoch {epochs} of {span}, chosen by held-out bits/dim "
+                             f"({_f(bpd)}; the last epoch's: {_f(last['test_bits_per_dim'])}; `scripts/select_epoch.py`).")
     return "\n".join(rows) + "\n" + "".join(f"\n{n}\n" for n in notes)
 
 

@@ -472,3 +472,23 @@ def test_image_counts_note_for_a_method_without_an_mnist_row(tmp_path):
     note = _n_note(Results(res.folder), ["rose-ekfac", "likelihood-regret"])
     assert "500 in-distribution images, mnist 200" in note
     assert "8 in-distribution images, digits-on-photos 8" in note
+
+
+def test_report_puts_the_cifar10_glow_beside_the_papers_bottom_right_tables(tmp_path):
+    """The shipped CIFAR-10 Glow bundle gets Tables 2/4/5 bottom right beside the paper's numbers, and the
+    report says how it was trained instead of that it was not."""
+    from rose_core.paper import PAPER
+
+    assert PAPER["table4-glow-cifar10"]["values"]["Overall"]["rose-diag"] == 0.915
+    assert PAPER["table5-glow-cifar10"]["values"]["SVHN"]["input-complexity-jp2"] == 0.029
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "results"
+    root.mkdir()
+    (root / "glow-cifar10").symlink_to(repo / "results" / "glow-cifar10")
+    text = build_report(root, repo / "checkpoints")
+    for table, paper_overall in (("Table 2", "(0.932)"), ("Table 4", "(0.915)"), ("Table 5", "(0.072)")):
+        section = text[text.index(f"## {table} bottom right (Glow, CIFAR-10 subset"):]
+        overall = next(line for line in section.splitlines() if line.startswith("| Overall → overall"))
+        assert paper_overall in overall, (table, overall)
+    assert "The CIFAR-10 Glow (`glow-cifar10`) is trained" in text
+    assert "The CIFAR-10 Glow has no bundle" not in text

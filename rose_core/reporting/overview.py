@@ -67,6 +67,8 @@ def _likelihood_regret_note(vae: Results) -> list[str]:
 def _cifar10_note(ctx: Context) -> str:
     """What of the paper's CIFAR-10 half exists, read from the CIFAR-10 bundle's card when there is one."""
     if ctx.vae_cifar10 is None:
+        if ctx.glow_cifar10 is not None:
+            return "**CIFAR-10 models**: no CIFAR-10 VAE bundle. " + _glow_cifar10_note(ctx)
         return ("**CIFAR-10 models** (bottom halves of Tables 2–7, Tables 1/8/9/10/11): no CIFAR-10 bundle in "
                 f"`{ctx.root}/`; train one with `python -m rose_core train --model vae --preset cifar10 --dataset "
                 "cifar10-subset --out checkpoints/vae-cifar10` and evaluate it (README, CIFAR-10 section).")

@@ -129,10 +129,13 @@ def glow_cifar10_tables(ctx: Context) -> list[str]:
     extra = ["nll"] + BESIDE
     return ["## Table 2 bottom right (Glow, CIFAR-10 subset; preset `table5`): AUROC, ours (paper)", "",
             f"Ours: {card.get('epochs', '?')} epochs on {card.get('train_images', '?'):,} training images (the paper: "
-            "50 epochs on the full training set). The paper's Tables 4 and 5 bottom right (AUPRC, FPR80) are not "
-            "transcribed; the bundle has both (`metrics.parquet`).", "",
+            "50 epochs on the full training set).", "",
             compare_table(glow, "table2-glow-cifar10", GLOW_COLS, "auroc", extra), "",
-            f"Images: {_n_note(glow, ['rose-diag'])}.", ""]
+            f"Images: {_n_note(glow, ['rose-diag'])}.", "",
+            "## Table 4 bottom right (Glow, CIFAR-10 subset): AUPRC, in-distribution positive, ours (paper)", "",
+            compare_table(glow, "table4-glow-cifar10", GLOW_COLS, "auprc_in", BESIDE), "",
+            "## Table 5 bottom right (Glow, CIFAR-10 subset): FPR80 (lower is better), ours (paper)", "",
+            compare_table(glow, "table5-glow-cifar10", GLOW_COLS, "fpr80", BESIDE), ""]
 
 
 def capacity(ctx: Context) -> list[str]:
