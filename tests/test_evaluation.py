@@ -491,7 +491,7 @@ def test_cli_report_refuses_a_missing_or_empty_results_folder(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_perturbations_preset_finds_blurred_backgrounds_and_names_the_missing(world, bundle):
+def test_perturbations_preset_finds_blurred_backgrounds_and_names_the_missing(world, tmp_path):
     """Tables 10/11: a ``<checkpoint>-background-svd`` whose card says ``perturbation: svd`` is scored as the
     Likelihood Ratio's SVD row; the missing DCT/Gaussian backgrounds are listed with their train command."""
     from rose_core.checkpoint import card_path, weights_path
@@ -501,7 +501,8 @@ def test_perturbations_preset_finds_blurred_backgrounds_and_names_the_missing(wo
     save_model(VAE(VAEConfig(base_width=4, latent_dim=3)).eval(), stem, dataset=IN, epochs=0, perturbation="svd",
                perturbation_strength=28)
     try:
-        ev = _ev(world, ood_sets=[OOD_A])
+        ev = Evaluation(world / "ckpt" / "tiny-vae", results=tmp_path / "results",   # a bundle of its own
+                        settings=_settings(ood_sets=[OOD_A]), show_progress=False)
         table = ev.perturbations(ood_sets=[OOD_A])
         assert f"likelihood-ratio:background={stem}" in set(table["method"])
         missing = ev.bundle.meta["experiments"]["perturbations"]["missing"]
