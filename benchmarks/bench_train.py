@@ -2,7 +2,7 @@
 ``torch.compile`` would make training faster on this machine, measured in one run.
 
     python benchmarks/bench_train.py [--device cpu|cuda] [--steps 6] [--repeats 2] [--batch-size 64]
-                                     [--models vae-fmnist,vae-cifar10,glow-fmnist] [--out results/benchmarks/train.json]
+                                     [--models vae-fmnist,vae-cifar10,glow-fmnist,glow-cifar10] [--out results/benchmarks/train.json]
 
 A training step is forward + backward + optimizer step at the paper's batch size (64) on real images
 of the model's training set (Fashion-MNIST; the committed ``cifar10-subset`` for the CIFAR-10 VAE).
@@ -40,6 +40,7 @@ MODELS = {  # name -> (builder, optimizer, lr, training set, channels)
     "vae-fmnist": (lambda: VAE(VAE_CONFIGS["fmnist"]), torch.optim.Adam, 1e-3, "fashion-mnist", 1),
     "vae-cifar10": (lambda: VAE(VAE_CONFIGS["cifar10"]), torch.optim.Adam, 1e-3, "cifar10-subset", 3),
     "glow-fmnist": (lambda: Glow(GLOW_CONFIGS["fmnist"]), torch.optim.Adamax, 5e-5, "fashion-mnist", 1),
+    "glow-cifar10": (lambda: Glow(GLOW_CONFIGS["cifar10"]), torch.optim.Adamax, 5e-5, "cifar10-subset", 3),
 }
 VARIANTS = ("eager", "flush_denormal", "channels_last", "compile", "as_trained")
 TRAIN_IMAGES = {"fashion-mnist": 60000, "cifar10-subset": 5085}
