@@ -337,7 +337,8 @@ class LayerFactors:
         approximations use this one and map their ``(C, D)`` weights and bases through ``order``.
         """
         if self._h_fast is None:
-            if self._h is None and _channels_inner(self.module, self.positions):
+            # an offset is in the canonical order (and only pointwise layers have one)
+            if self._h is None and self.offset is None and _channels_inner(self.module, self.positions):
                 m = self.module
                 ht = _unfold_channels_inner(self.raw_input, m.kernel_size, m.dilation, m.padding, m.stride)
                 if _has_bias(m):
