@@ -12,6 +12,10 @@ import math
 import torch
 import torchvision.transforms.v2.functional as TF
 
+BLUR_K = 28
+"""The default K of ``svd``/``dct`` blurring (the bottom K singular values or frequencies dropped): the
+paper's Table 1 setting."""
+
 
 def _as_float(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     if x.ndim != 4:
@@ -107,9 +111,9 @@ def apply(name: str, x: torch.Tensor, strength: float | int | None = None, seed:
     if name == "brightness":
         return brightness(x, float(strength if strength is not None else 1.0))
     if name == "svd":
-        return svd_blur(x, int(strength if strength is not None else 28))
+        return svd_blur(x, int(strength if strength is not None else BLUR_K))
     if name == "dct":
-        return dct_blur(x, int(strength if strength is not None else 28))
+        return dct_blur(x, int(strength if strength is not None else BLUR_K))
     if name == "gaussian":
         return gaussian_blur(x)
     if name == "random":

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -43,7 +43,7 @@ from rose_core.data import load_dataset, to_model_input
 from rose_core.errors import InvalidInput
 from rose_core.models import GenerativeModel, build_model
 from rose_core.pergrad import flush_denormals
-from rose_core.perturb import apply as apply_perturbation, random_pixels
+from rose_core.perturb import BLUR_K, apply as apply_perturbation, random_pixels
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ class TrainConfig:
     """Background model on blurred inputs: ``svd``, ``dct`` or ``gaussian`` (the random-pixel one is
     ``noise_fraction``); None: train on the images as they are."""
     perturbation_strength: int | None = None
-    """K of ``svd``/``dct`` (the bottom K singular values or frequencies dropped); None: 28, the paper's."""
+    """K of ``svd``/``dct`` (the bottom K singular values or frequencies dropped); None:
+    :data:`rose_core.perturb.BLUR_K` (28, the paper's)."""
     l2: float | None = None
     """Weight decay of the optimizer; None: the preset's (the paper's: 5e-5 for the CIFAR-10 Glow, else 0)."""
     capacity: float = 1.0
@@ -124,7 +125,7 @@ def validate_config(cfg: TrainConfig) -> None:
             raise InvalidInput("Give either --perturbation or --noise-fraction, not both: a background model is "
                                "trained with one perturbation.")
     if cfg.perturbation_strength is not None:
-        if cfg.perturbation not in ("svd", "dct"):
+        if cfg.perturbation not in K_PERTURBATIONS:
             raise InvalidInput("--perturbation-strength is the K of --perturbation svd or dct.")
         c.in_range("--perturbation-strength", cfg.perturbation_strength, 1, 31)
     if cfg.l2 is not None:
@@ -185,6 +186,15 @@ def _training_images(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int | No
 
 BLUR_PERTURBATIONS = ("svd", "dct", "gaussian")
 """The blurring perturbations a background model can be trained with (Table 10 of the paper)."""
+K_PERTURBATIONS = ("svd", "dct")
+"""Those of them that take a strength K."""
+
+
+def blur_strength(cfg: TrainConfig) -> int | None:
+    """The K a background model is blurred with (its card records it), None for ``gaussian`` or no blur."""
+    if cfg.perturbation not in K_PERTURBATIONS:
+        return None
+    return cfg.perturbation_strength if cfg.perturbation_strength is not None else BLUR_K
 
 
 def weight_decay(cfg: TrainConfig) -> float:
@@ -302,7 +312,7 @@ def _epochs(cfg: TrainConfig, model, optimizer, loss_fn, data: torch.Tensor, tes
             if cfg.noise_fraction > 0:
                 xb = random_pixels(xb, cfg.noise_fraction, generator=gen)
             elif cfg.perturbation is not None:
-                xb = apply_perturbation(cfg.perturbation, xb, cfg.perturbation_strength)
+                xb = apply_perturbation(cfg.perturbation, xb, blur_strength(cfg))
             lr = _lr_at(cfg, base_lr, epoch, step - warmup_origin, steps_per_epoch)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -391,8 +401,8 @@ def _save(model, optimizer, cfg: TrainConfig, out: Path, epochs: int, step: int,
     }
     if cfg.perturbation is not None:
         card["perturbation"] = cfg.perturbation
-        if cfg.perturbation in ("svd", "dct"):
-            card["perturbation_strength"] = cfg.perturbation_strength or 28
+        if blur_strength(cfg) is not None:
+            card["perturbation_strength"] = blur_strength(cfg)
     if cfg.noise_fraction > 0 or cfg.perturbation is not None:
         card["role"] = "likelihood-ratio background"
     state = {k: v for k, v in model.state_dict().items()}

@@ -44,13 +44,13 @@ from torch import nn
 from rose_core import __version__
 from rose_core.checkpoint import card_path, load_tensors, save_tensors, weights_path
 from rose_core.errors import CheckpointError, InvalidInput
-from rose_core.perturb import PERTURBATIONS, apply as apply_perturbation
+from rose_core.perturb import BLUR_K, PERTURBATIONS, apply as apply_perturbation
 from rose_core.scorers.base import Batches, Scorer, ScoreResult, check_batch, iter_batches
 from rose_core.scorers.nll import to_numpy
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STRENGTH = {"svd": 28, "dct": 28, "gaussian": None, "random": 0.2, "brightness": 1.0}
+DEFAULT_STRENGTH = {"svd": BLUR_K, "dct": BLUR_K, "gaussian": None, "random": 0.2, "brightness": 1.0}
 
 
 @dataclass(frozen=True)
