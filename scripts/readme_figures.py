@@ -166,7 +166,7 @@ def cifar_auroc(name: str = "vae-cifar10") -> str:
     res = _bundle(name)
     if not res.exists:
         return (f"_No results bundle for `{name}` yet: `python -m rose_core evaluate --checkpoint "
-                f"checkpoints/{name} --preset table2`._\n")
+                f"checkpoints/{name}` (its kind's table preset)._\n")
     sets = [d for d in res.metric_sets() if d != "overall"] + ["overall"]
     methods = [m for m in ["rose-ekfac", "rose-diag", "rose+typicality", "typicality", "nll", "likelihood-ratio", "input-complexity-png",
                            "input-complexity-jp2", "likelihood-regret"] if m in res.metric_methods()]

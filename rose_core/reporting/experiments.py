@@ -8,7 +8,7 @@ import math
 
 from rose_core.labels import JPEG_NOTE
 from rose_core.methods import parse_method
-from rose_core.paper import PAPER, PAPER_PERTURBATION, PAPER_SETS
+from rose_core.paper import PAPER, PAPER_PERTURBATION, PAPER_SETS, PAPER_TRAINING
 from rose_core.reporting.context import NOT_RUN, Context, experiment, fmt, label, md_table, title
 from rose_core.reporting.tables import compare_rows
 from rose_core.results import Results
@@ -62,10 +62,12 @@ def brightness(ctx: Context) -> list[str]:
                 brightness_table(ctx.vae_cifar10), ""]
     if ctx.glow_cifar10 is not None and experiment(ctx.glow_cifar10, "brightness"):
         card = ctx.glow_cifar10.checkpoint_card()
+        paper = PAPER_TRAINING[("glow", "cifar10")]
         out += [f"### `{ctx.glow_cifar10.name}` (CIFAR-10 Glow)", "",
                 f"Trained {card.get('epochs', '?')} epochs on the {card.get('train_images', '?'):,}-image CIFAR-10 "
-                "subset (the paper: 50 epochs on 50,000); the paper's brightness tables use its VAE, so this is the "
-                "protocol on another model.", "", brightness_table(ctx.glow_cifar10), ""]
+                f"subset (the paper: {paper['epochs']} epochs on {paper['train_images']:,}); the paper's brightness "
+                "tables use its VAE, so this is the protocol on another model.", "", brightness_table(ctx.glow_cifar10),
+                ""]
     return out + ["Paper (models trained on CIFAR-10):", "", _paper_brightness(), ""]
 
 

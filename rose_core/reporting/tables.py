@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from rose_core.paper import GLOW_COLS, PAPER, VAE_COLS, ours_set
+from rose_core.paper import GLOW_COLS, PAPER, PAPER_TRAINING, VAE_COLS, ours_set
 from rose_core.reporting.context import Context, best_variant, experiment, fmt, label, md_table, title
 from rose_core.results import Results
 
@@ -127,9 +127,10 @@ def glow_cifar10_tables(ctx: Context) -> list[str]:
         return []
     card = glow.checkpoint_card()
     extra = ["nll"] + BESIDE
+    paper_epochs = PAPER_TRAINING[("glow", "cifar10")]["epochs"]
     return ["## Table 2 bottom right (Glow, CIFAR-10 subset; preset `table5`): AUROC, ours (paper)", "",
             f"Ours: {card.get('epochs', '?')} epochs on {card.get('train_images', '?'):,} training images (the paper: "
-            "50 epochs on the full training set).", "",
+            f"{paper_epochs} epochs on the full training set).", "",
             compare_table(glow, "table2-glow-cifar10", GLOW_COLS, "auroc", extra), "",
             f"Images: {_n_note(glow, ['rose-diag'])}.", "",
             "## Table 4 bottom right (Glow, CIFAR-10 subset): AUPRC, in-distribution positive, ours (paper)", "",
