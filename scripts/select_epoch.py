@@ -22,26 +22,27 @@ from pathlib import Path
 
 import torch
 
-from rose_core.checkpoint import card_path, load_model, read_card, save_model, weights_path
+from rose_core.checkpoint import card_path, load_model, save_model, weights_path
 from rose_core.data import load_dataset
 from rose_core.training import evaluate_bits_per_dim
 
 CARD_ONLY = ("kind", "config", "library_version", "num_parameters", "weights_sha256")
 
 
-def held_out(folder: Path, iwae_k: int, batch_size: int, eval_subset: int | None) -> tuple[dict, dict]:
-    """``(card, metrics)`` of the one checkpoint in ``folder``."""
+def _checkpoint(folder: Path) -> Path:
+    """The stem of the one checkpoint in ``folder``."""
     cards = sorted(folder.glob("*.json"))
     if len(cards) != 1:
         raise SystemExit(f"{folder} must hold exactly one checkpoint card, found {len(cards)}.")
-    stem = cards[0].with_suffix("")
-    model, card = load_model(stem)
+    return cards[0].with_suffix("")
+
+
+def _test_images(card: dict, eval_subset: int | None):
     if not card.get("dataset"):
-        raise SystemExit(f"{cards[0]} names no registry dataset; held-out images of a folder run are not supported here.")
+        raise SystemExit("The run's card names no registry dataset; held-out images of a folder run are not "
+                         "supported here.")
     test = load_dataset(card["dataset"], "test")
-    images = test.images if eval_subset is None else test.subset(eval_subset, seed=0).images
-    metrics = evaluate_bits_per_dim(model, images, torch.device("cpu"), batch_size=batch_size, iwae_k=iwae_k)
-    return card, {"epoch": card["epochs"], "n_images": len(images), **{k: round(v, 5) for k, v in metrics.items()}}
+    return test.images if eval_subset is None else test.subset(eval_subset, seed=0).images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,17 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     folders = sorted(d for d in Path(args.epochs_dir).glob("epoch-*") if d.is_dir())
     if not folders:
         raise SystemExit(f"No epoch-NNN folders in {args.epochs_dir}: train with --keep-epochs {args.epochs_dir}.")
-    rows, cards = [], {}
+    rows, images, best = [], None, None   # best: (row, model, card) of the lowest held-out bits/dim so far
     for folder in folders:
-        card, row = held_out(folder, args.iwae_k, args.batch_size, args.eval_subset)
+        model, card = load_model(_checkpoint(folder))
+        if images is None:   # every epoch of a run has the same held-out images
+            images = _test_images(card, args.eval_subset)
+        metrics = evaluate_bits_per_dim(model, images, torch.device("cpu"), batch_size=args.batch_size,
+                                        iwae_k=args.iwae_k)
+        row = {"epoch": card["epochs"], "n_images": len(images), **{k: round(v, 5) for k, v in metrics.items()}}
         rows.append(row)
-        cards[row["epoch"]] = (folder, card)
+        if best is None or row["nll"] < best[0]["nll"]:
+            best = (row, model, card)
         print(f"epoch {row['epoch']:3d}: held-out {row['nll']:.4f} bits/dim ({row['n_images']} images)", flush=True)
-    best = min(rows, key=lambda r: r["nll"])
+    best, model, card = best
     last = max(r["epoch"] for r in rows)
-    folder, card = cards[best["epoch"]]
-    stem = next(folder.glob("*.json")).with_suffix("")
-    model, _ = load_model(stem)
     out = Path(args.out)
     fields = {k: v for k, v in card.items() if k not in CARD_ONLY}
     fields.update({"test_bits_per_dim": best["nll"], "test_images": best["n_images"],
