@@ -48,6 +48,7 @@ bench: data $(STAMPS)/bench
 	$(PY) benchmarks/bench_baselines.py
 	$(PY) benchmarks/bench_peers.py
 	$(PY) benchmarks/bench_peers.py --profile
+	$(PY) benchmarks/bench_fit_peers.py
 	$(PY) benchmarks/bench_fit.py
 	$(PY) benchmarks/bench_score.py
 

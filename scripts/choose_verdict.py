@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rose_core.defaults import FISHER_BY_KIND  # noqa: E402
 from rose_core.results import Results  # noqa: E402
 
 BENIGN_MAX = 0.06
@@ -77,15 +78,21 @@ def choose(stress, rose_method: str) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", default="vae-fmnist")
+    ap.add_argument("--checkpoint", default="vae-fmnist",
+                    help="checkpoint name or path (vae-fmnist, checkpoints/glow-fmnist): its bundle under results/")
     args = ap.parse_args(argv)
-    res = Results.for_checkpoint(args.checkpoint, ROOT / "results")
+    name = Path(args.checkpoint).name
+    res = Results.for_checkpoint(name, ROOT / "results")
+    if not res.exists:
+        raise SystemExit(f"No results bundle at {res.folder}: run `python -m rose_core evaluate --checkpoint "
+                         f"checkpoints/{name} --preset stress` first.")
     stress = res.table("stress")
-    rose_method = "rose-diag" if "glow" in args.checkpoint else "rose-ekfac"
+    # ROSE's own test is the kind's default fit (the paper's Fisher: EKFAC for the VAE, DIAG for Glow)
+    rose_method = "rose-" + FISHER_BY_KIND.get(res.checkpoint_card().get("kind"), "ekfac")
     decision = choose(stress, rose_method)
     out = res.folder / "verdict.json"
     out.write_text(json.dumps(decision, indent=2) + "\n")
-    print(f"{args.checkpoint}: verdict {decision['verdict']} — {decision['reason']}; wrote {out}")
+    print(f"{name}: verdict {decision['verdict']} — {decision['reason']}; wrote {out}")
     return 0
 
 

@@ -401,6 +401,30 @@ def peers_ftz() -> str:
     return _peers("peers-ftz.json")
 
 
+def fit_peers() -> str:
+    p = ROOT / "results" / "benchmarks" / "fit-peers.json"
+    if not p.exists():
+        return "_Not measured yet: `python benchmarks/bench_fit_peers.py`._\n"
+    b = json.loads(p.read_text())
+    rows = ["| fit images | ROSE-EKFAC fit | nngeometry PMatEKFAC fit | ROSE faster by | best possible "
+            "(one floor pass + eigh) | fits agree (normwise rel. err) |", "|---|---|---|---|---|---|"]
+    for r in b["rows"]:
+        if not r["agrees"]:
+            rows.append(f"| {r['n_fit']:,} | — | — | — | — | **no** ({r['check_max_normwise_rel_err']:.0e}) |")
+            continue
+        rows.append(f"| {r['n_fit']:,} | {r['rose_fit_s']:.1f} s | {r['nngeometry_fit_s']:.1f} s | "
+                    f"**{r['ratio']:.2f}×** | {r['best_possible_ratio']:.2f}× ({r['floor_pass_s']:.1f} s + "
+                    f"{r['eigh_s']:.1f} s) | yes ({r['check_max_normwise_rel_err']:.0e}) |")
+    met = [f"{r['n_fit']:,}" for r in b["rows"] if r["agrees"] and r["ratio"] >= 2]
+    return ("\n".join(rows) + "\n\n"
+            f"The issue's goal of a fit 2× nngeometry's is met at "
+            f"{' and '.join(met) + ' images' if met else 'none of these sizes'}. "
+            f"Shipped VAE, its {len(b['layers'])} default layers, Fashion-MNIST training images, batch "
+            f"{b['batch_size']}, {b['threads']} thread(s), {b['cpu_count']} cores, best of {b['repeats']} "
+            f"(alternating), load average {b['loadavg_before'][0]:.2f} → {b['loadavg_after'][0]:.2f} "
+            f"(`{b['command'].strip()}`).\n")
+
+
 def score_speed() -> str:
     """``python -m rose_core score`` on 1k/5k/10k PNG files (``benchmarks/bench_score.py``)."""
     p = ROOT / "results" / "benchmarks" / "score.json"
@@ -505,7 +529,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "app-speed": app_speed,
     "checkpoints": checkpoints, "model-comparison": model_comparison, "cifar-auroc": cifar_auroc, "cifar-glow-auroc": cifar_glow_auroc, "train-speed": train_speed, "nll-failure": nll_failure, "vae-auroc": vae_auroc, "glow-auroc": glow_auroc,
     "vae-stress": vae_stress, "verdict": verdict, "glow-stress": glow_stress, "fit-speed": fit_speed, "throughput": throughput, "floor": floor,
-    "peers": peers, "peers-ftz": peers_ftz, "score-speed": score_speed,
+    "peers": peers, "peers-ftz": peers_ftz, "fit-peers": fit_peers, "score-speed": score_speed,
     "your-data": your_data, "figure6": figure6, "classifier-detectors": classifier_detectors,
 }
 

@@ -51,7 +51,13 @@ def test_peer_and_batch_scoring_blocks_show_every_measured_row(monkeypatch, tmp_
     text = readme_figures.score_speed()
     for run in score["runs"].values():
         assert f"| {run['files']:,} | {run['images_per_s']:.1f} | {100 * run['idle_fraction']:.1f} % |" in text
+    fit = json.loads((REPO / "results" / "benchmarks" / "fit-peers.json").read_text())
+    text = readme_figures.fit_peers()
+    for row in fit["rows"]:   # every measured size, with its ratio, or marked as disagreeing
+        assert (f"| {row['n_fit']:,} | {row['rose_fit_s']:.1f} s | {row['nngeometry_fit_s']:.1f} s | "
+                f"**{row['ratio']:.2f}×** |" if row["agrees"] else f"| {row['n_fit']:,} | — |") in text
     monkeypatch.setattr(readme_figures, "ROOT", tmp_path)   # no artifact: say so, never a number
+    assert readme_figures.fit_peers().startswith("_Not measured yet")
     assert readme_figures.peers().startswith("_Not measured yet")
     assert readme_figures.peers_ftz().startswith("_Not measured yet")
     assert readme_figures.score_speed().startswith("_Not measured yet")
