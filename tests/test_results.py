@@ -492,3 +492,8 @@ def test_report_puts_the_cifar10_glow_beside_the_papers_bottom_right_tables(tmp_
         assert paper_overall in overall, (table, overall)
     assert "The CIFAR-10 Glow (`glow-cifar10`) is trained" in text
     assert "The CIFAR-10 Glow has no bundle" not in text
+    # Table 7 bottom: InvConv vs all layers, each row beside the paper's (its Overall last)
+    section = text[text.index("## Table 7 (Glow, CIFAR-10 subset)"):].split("\n## ")[0]
+    rows = {line.split(" (`")[0].lstrip("| "): line for line in section.splitlines() if "(`rose-diag" in line}
+    assert rows["InvConv"].rstrip(" |").endswith("(0.932)") and rows["Full"].rstrip(" |").endswith("(0.809)")
+    assert "Its Table 7 (all layers) is below." in text

@@ -89,10 +89,12 @@ def _glow_cifar10_note(ctx: Context) -> str:
     paper = PAPER_TRAINING[("glow", "cifar10")]
     kept = card.get("held_out_by_epoch") or []
     chosen = (f", the epoch with the lowest held-out bits/dim of the {len(kept)} kept" if len(kept) > 1 else "")
+    table7 = ("Its Table 7 (all layers) is below." if "rose-diag:layers=all" in ctx.glow_cifar10.metric_methods()
+              else "Its Table 7 (all layers) was not run: a DIAG fit over every layer of this Glow costs many "
+                   "times the InvConv fit on this CPU (preset `glow-layers`).")
     return (f"The CIFAR-10 Glow (`{ctx.glow_cifar10.name}`) is trained {card.get('epochs', '?')} epoch(s) on the "
             f"same subset{chosen} (the paper: {paper['epochs']} epochs on {paper['train_images']:,} images): an "
-            "undertrained flow. Its Table 7 (all layers) was not run: a DIAG fit over every layer of this Glow "
-            "costs many times the InvConv fit on this CPU (preset `glow-layers`).")
+            f"undertrained flow. {table7}")
 
 
 def cannot_run(ctx: Context) -> list[str]:

@@ -177,4 +177,9 @@ def fisher_kinds(ctx: Context) -> list[str]:
                     fit_protocol_note(ctx.glow, ["rose-diag", "rose-diag:layers=all"]), ""]
         else:
             out += ["## Table 7 (Glow)", "", "_Not run (preset `glow-layers`)._", ""]
+    if ctx.glow_cifar10 is not None and "rose-diag:layers=all" in ctx.glow_cifar10.metric_methods():
+        out += ["## Table 7 (Glow, CIFAR-10 subset): InvConv vs all layers, AUROC ours (paper)", "",
+                compare_rows(ctx.glow_cifar10, "table7-cifar10",
+                             {"InvConv": "rose-diag", "Full": "rose-diag:layers=all"}), "",
+                fit_protocol_note(ctx.glow_cifar10, ["rose-diag", "rose-diag:layers=all"]), ""]
     return out
