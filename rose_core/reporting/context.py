@@ -73,6 +73,15 @@ def _mnist(b: Results, method: str) -> float:
     return -1 if math.isnan(v) else v
 
 
+TABLE7_ROWS = {"InvConv": "rose-diag", "Full": "rose-diag:layers=all"}
+"""Table 7's rows (a Glow's ROSE-DIAG on its InvConv layers vs on every convolution) and their methods."""
+
+
+def has_table7(b: Results) -> bool:
+    """Whether the bundle holds Table 7's all-layer rows (preset ``glow-layers``)."""
+    return TABLE7_ROWS["Full"] in b.metric_methods()
+
+
 def best_variant(b: Results) -> list[str]:
     """The ROSE-EKFAC variant with the highest MNIST AUROC (as a one-element list), if any."""
     variants = [m for m in b.metric_methods() if m.startswith("rose-ekfac:")]

@@ -8,7 +8,7 @@ import math
 
 from rose_core.paper import HEADLINES, PAPER, PAPER_TRAINING, ours_set
 from rose_core.reporting import classifiers
-from rose_core.reporting.context import Context, best_variant, experiment, fmt, md_table, ratio, title
+from rose_core.reporting.context import Context, best_variant, experiment, fmt, has_table7, md_table, ratio, title
 from rose_core.results import Results
 
 # --------------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def _glow_cifar10_note(ctx: Context) -> str:
     paper = PAPER_TRAINING[("glow", "cifar10")]
     kept = card.get("held_out_by_epoch") or []
     chosen = (f", the epoch with the lowest held-out bits/dim of the {len(kept)} kept" if len(kept) > 1 else "")
-    table7 = ("Its Table 7 (all layers) is below." if "rose-diag:layers=all" in ctx.glow_cifar10.metric_methods()
+    table7 = ("Its Table 7 (all layers) is below." if has_table7(ctx.glow_cifar10)
               else "Its Table 7 (all layers) was not run: a DIAG fit over every layer of this Glow costs many "
                    "times the InvConv fit on this CPU (preset `glow-layers`).")
     return (f"The CIFAR-10 Glow (`{ctx.glow_cifar10.name}`) is trained {card.get('epochs', '?')} epoch(s) on the "

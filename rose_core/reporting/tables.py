@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 
 from rose_core.paper import GLOW_COLS, PAPER, PAPER_TRAINING, VAE_COLS, ours_set
-from rose_core.reporting.context import Context, best_variant, experiment, fmt, label, md_table, title
+from rose_core.reporting.context import (TABLE7_ROWS, Context, best_variant, experiment, fmt, has_table7, label,
+                                         md_table, title)
 from rose_core.results import Results
 
 BESIDE = ["rose+typicality", "typicality"]
@@ -161,6 +162,11 @@ def capacity(ctx: Context) -> list[str]:
                   ""]
 
 
+def _table7(b: Results, key: str, title: str) -> list[str]:
+    return [f"## Table 7 ({title}): InvConv vs all layers, AUROC ours (paper)", "",
+            compare_rows(b, key, TABLE7_ROWS), "", fit_protocol_note(b, list(TABLE7_ROWS.values())), ""]
+
+
 def fisher_kinds(ctx: Context) -> list[str]:
     """Table 6 (VAE: DIAG vs EKFAC) and Table 7 (Glow: InvConv vs all layers)."""
     out = []
@@ -171,15 +177,8 @@ def fisher_kinds(ctx: Context) -> list[str]:
         out += ["## Table 6 (VAE, CIFAR-10 subset): DIAG vs EKFAC, AUROC ours (paper)", "",
                 compare_rows(ctx.vae_cifar10, "table6-cifar10", {"DIAG": "rose-diag", "EKFAC": "rose-ekfac"}), ""]
     if ctx.glow is not None:
-        if "rose-diag:layers=all" in ctx.glow.metric_methods():
-            out += ["## Table 7 (Glow): InvConv vs all layers, AUROC ours (paper)", "",
-                    compare_rows(ctx.glow, "table7", {"InvConv": "rose-diag", "Full": "rose-diag:layers=all"}), "",
-                    fit_protocol_note(ctx.glow, ["rose-diag", "rose-diag:layers=all"]), ""]
-        else:
-            out += ["## Table 7 (Glow)", "", "_Not run (preset `glow-layers`)._", ""]
-    if ctx.glow_cifar10 is not None and "rose-diag:layers=all" in ctx.glow_cifar10.metric_methods():
-        out += ["## Table 7 (Glow, CIFAR-10 subset): InvConv vs all layers, AUROC ours (paper)", "",
-                compare_rows(ctx.glow_cifar10, "table7-cifar10",
-                             {"InvConv": "rose-diag", "Full": "rose-diag:layers=all"}), "",
-                fit_protocol_note(ctx.glow_cifar10, ["rose-diag", "rose-diag:layers=all"]), ""]
+        out += (_table7(ctx.glow, "table7", "Glow") if has_table7(ctx.glow)
+                else ["## Table 7 (Glow)", "", "_Not run (preset `glow-layers`)._", ""])
+    if ctx.glow_cifar10 is not None and has_table7(ctx.glow_cifar10):
+        out += _table7(ctx.glow_cifar10, "table7-cifar10", "Glow, CIFAR-10 subset")
     return out
