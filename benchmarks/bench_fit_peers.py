@@ -21,7 +21,9 @@ measured floor (``capture_factors``: forward + the activation-only backward, tim
 images) plus the float64 eigendecompositions ROSE's fit runs (timed with the fit's own
 ``EkfacFisher._eigh``).
 
-Timing: ``torch.set_num_threads(--threads)`` (default 1), the two fits and the floor interleaved in
+Timing: one process for both fits, with freed memory reused for both
+(:func:`rose_core.allocator.reuse_freed_memory`, as the CLI and the app do; the artifact records it);
+``torch.set_num_threads(--threads)`` (default 1), the two fits and the floor interleaved in
 every repeat with the order reversed on alternate repeats, best of ``--repeats``, after one untimed
 warm-up of both fits on one batch; load average before and after. Writes ``results/benchmarks/fit-peers.json``. Needs the benchmark extra
 (``make bench``).
@@ -105,6 +107,9 @@ def measure_size(model, names: list[str], fit_x: torch.Tensor, cal_x: torch.Tens
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rose_core.allocator import reuse_freed_memory
+
+    reused = reuse_freed_memory()   # as the CLI and the app do: large freed blocks are reused (rose_core.allocator)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=_sizes, default=_sizes("512,2048,10000"),
                     help="fit sizes (comma-separated; Fashion-MNIST training images, 60,000 at most)")
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
            "layers": names, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
            "repeats": args.repeats, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
            "cpu_count": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-           "rows": rows, "wall_s_total": time.time() - t_start}
+           "allocator_reuses_freed_memory": reused, "rows": rows, "wall_s_total": time.time() - t_start}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}  ({out['wall_s_total']:.0f} s)")

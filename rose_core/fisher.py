@@ -40,12 +40,23 @@ results (eigenbases) differ. With ``torch.distributed``, all-reduce
 gives identical bases on identical hardware/software (broadcast ``U_A``/``U_B``
 from one rank to be safe on heterogeneous clusters).
 
-Precision and speed (the Fisher code is on ROSE's hot path): the Kronecker factors'
-Gram matrices ``Σ h hᵀ``, ``Σ δ δᵀ`` (whose eigenbases are sensitive to rounding) and the
-rank-one statistics are formed in float64 per batch; the squared rotated gradients are summed in
-float32 within a cache-sized block of a few samples, and every block or batch sum is accumulated
-in float64. Blocks and batches are the same for any number of processes (sharding follows the
-batch grid), so one process and N processes differ only in the order of float64 additions.
+Precision and speed (the Fisher code is on ROSE's hot path): a batch's statistics are formed in
+the compute dtype (float32 for a float32 model) — the input factor's Gram ``Σ h hᵀ`` (one BLAS
+product per batch, the upper block triangle only when it is compute-bound: :func:`_gram64`), the
+rank-one products ``(δ²)ᵀ h²`` and the squared (rotated) gradients, summed block by block — and
+every batch sum is accumulated in float64, so rounding does not grow with the number of batches.
+The output factor's Gram ``Σ δ δᵀ`` is formed in float64: it is small (``C`` is at most a few
+hundred), and a latent the VAE does not use gives its log σ² head an output factor with eigenvalues
+below float32's resolution, whose eigenvectors a float32 Gram leaves to rounding. Measured on the
+shipped VAE with its default 10,000 Fisher images, against float64 Grams: every layer's score
+within 6.3e-6 relative, the float32 rounding of the scores themselves (a float32 Gram for ``B``
+too moved the log σ² head's scores by up to 1.8 %). Below full rank (fewer Fisher images than a
+factor's dimension, which the fit warns about) the scores depend on the rounding of the factors
+whatever their precision. ``tests/test_fisher.py`` checks which statistics are float32 and which
+float64 and bounds the difference from a float64 model's fit. A float64 model gets float64
+statistics throughout (the exactness tests use one). Batches are the same for any number of
+processes (sharding follows the batch grid), so one process and N processes differ only in the
+order of float64 additions.
 EKFAC rotates ``h`` and ``δ`` into the eigenbases *before* the batched product
 when that is cheaper: rotating ``h`` first costs ``T·D²`` per sample versus
 ``C·D²`` for rotating ``G``; rotating ``δ`` first costs ``T·C²`` versus ``D·C²``
@@ -141,6 +152,30 @@ def _dense_blocks(stat: Stat, max_elements: int) -> Iterator[tuple[torch.Tensor,
             yield stat[rows], False
 
 
+_GRAM_BLOCKS = 4
+"""Column blocks of :func:`_gram64`: the upper block triangle is 10 of 16 blocks (5/8 of the products).
+Measured on the VAE's ``encoder.2``/``encoder.5`` batch Grams (one thread, batch 128): 18.5 and 19.3 ms
+against 28.8 and 28.6 ms for the full product (``benchmarks/bench_fit_peers.py`` times the whole fit)."""
+
+
+def _gram64(m: torch.Tensor) -> torch.Tensor:
+    """``mᵀ m`` ``(D, D)`` of rows ``m`` ``(K, D)``: products in ``m``'s dtype, returned in float64.
+
+    When the product is compute-bound (``K ≥ D``) only the upper block triangle is multiplied and the
+    rest mirrored (BLAS has no symmetric rank-k update in torch); the result is exactly symmetric."""
+    k, d = m.shape
+    if k < d or d < 2 * _GRAM_BLOCKS:
+        return (m.T @ m).to(_F64)
+    out = torch.empty(d, d, dtype=_F64, device=m.device)
+    edges = [i * d // _GRAM_BLOCKS for i in range(_GRAM_BLOCKS + 1)]
+    mt = m.T
+    for a0, a1 in zip(edges[:-1], edges[1:]):
+        block = mt[a0:a1] @ m[:, a0:]            # rows a0:a1, columns a0: (the diagonal block and right of it)
+        out[a0:a1, a0:] = block
+        out[a1:, a0:a1] = block[:, a1 - a0:].T
+    return out
+
+
 def _squared(g: torch.Tensor, fresh: bool) -> torch.Tensor:
     return g.square_() if fresh else g * g
 
@@ -213,7 +248,9 @@ class LayerwiseFisher:
                                "use empty_like() + merge() to add data.")
         if self.state and set(stats) != set(self.state):
             raise ValueError(f"Statistics for layers {sorted(stats)} do not match the fit's layers {sorted(self.state)}.")
-        self._weights.clear()
+        # ``_weights`` is kept: what it caches while passes run (the cast EKFAC bases) is fixed within
+        # a pass, and the weights derived from the sums are built only once the fit is ready, which
+        # takes no more updates (``end_pass``, ``merge`` and ``to`` clear it).
         self._call = {}
         with torch.no_grad():
             for name, stat in stats.items():
@@ -485,15 +522,16 @@ class DiagFisher(LayerwiseFisher):
             st["count"] = torch.zeros((), dtype=_F64, device=dev)
         if _rank_one(stat):
             dl, hl = stat.delta[:, :, 0], stat.h[:, :, 0]
-            dl, hl = dl.to(_F64), hl.to(_F64)
-            st["sq_sum"] += (dl * dl).T @ (hl * hl)
+            st["sq_sum"] += ((dl * dl).T @ (hl * hl)).to(_F64)   # per batch in the compute dtype
             st["count"] += stat.n
             return
-        n, sums = 0, torch.zeros_like(st["sq_sum"])
+        n, sums = 0, None
         for g, fresh in _dense_blocks(stat, self._block_elements(_device_dtype(stat)[1])):
-            sums += _squared(g, fresh).sum(0).to(_F64)   # per block float32, across blocks float64
+            block = _squared(g, fresh).sum(0)   # blocks summed over the batch in the compute dtype
+            sums = block if sums is None else sums.add_(block)
             n += g.shape[0]
-        st["sq_sum"] += _to_canonical(sums, _factor_order(stat))
+        if sums is not None:
+            st["sq_sum"] += _to_canonical(sums.to(_F64), _factor_order(stat))
         st["count"] += n
 
     def conditioning(self) -> dict[str, dict]:
@@ -566,24 +604,32 @@ class EkfacFisher(LayerwiseFisher):
             st["n_factors"] = torch.zeros((), dtype=_F64, device=dev)
         n, _, t = h.shape
         st["A_sum"] += self._input_gram(stat)
-        dm = (dl[:, :, 0] if t == 1 else dl.transpose(0, 1).reshape(c, n * t).T).to(_F64)
-        st["B_sum"] += dm.T @ dm
+        st["B_sum"] += self._output_gram(stat)
         st["pos_count"] += n * t
         st["n_factors"] += n
 
     def _input_gram(self, f: LayerFactors) -> torch.Tensor:
-        """``Σ_{i,t} h hᵀ`` of a batch in float64 (exact to float64 rounding whatever the batch
-        grouping); layers reading the same input tensor (the VAE's heads) share one product."""
+        """``Σ_{i,t} h hᵀ`` of a batch: one product in the compute dtype, returned in float64 (see the
+        module docstring's precision note); layers reading the same input tensor (the VAE's heads)
+        share one product."""
         raw = f.raw_input
         key = ("gram", raw.data_ptr(), tuple(raw.shape), tuple(raw.stride()), raw.dtype, f.shape, f.positions)
         gram = self._call.get(key)
         if gram is None:
             h, order = f.h_fast
             n, d, t = h.shape
-            hm = (h[:, :, 0] if t == 1 else h.transpose(0, 1).reshape(d, n * t).T).to(_F64)
-            gram = _to_canonical(hm.T @ hm, order, dims=(0, 1))
+            hm = h[:, :, 0] if t == 1 else h.transpose(0, 1).reshape(d, n * t).T
+            gram = _to_canonical(_gram64(hm), order, dims=(0, 1))
             self._call[key] = gram
         return gram
+
+    @staticmethod
+    def _output_gram(f: LayerFactors) -> torch.Tensor:
+        """``Σ_{i,t} δ δᵀ`` of a batch, in float64 (see the module docstring's precision note)."""
+        dl = f.delta
+        n, c, t = dl.shape
+        dm = (dl[:, :, 0] if t == 1 else dl.transpose(0, 1).reshape(c, n * t).T).to(_F64)
+        return dm.T @ dm
 
     def end_pass(self) -> None:
         self._eigh_cache: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = []
@@ -678,14 +724,16 @@ class EkfacFisher(LayerwiseFisher):
     def _update_sigma(self, name: str, st: dict, stat: Stat) -> None:
         mode, x, y = self._rotated(name, st, stat)
         if mode == "rank1":
-            x, y = x.to(_F64), y.to(_F64)
-            st["sigma_sum"] += (y * y).T @ (x * x)
+            st["sigma_sum"] += ((y * y).T @ (x * x)).to(_F64)   # per batch in the compute dtype
             st["count"] += x.shape[0]
             return
-        n = 0
-        for g, fresh in x:   # a cache-sized block of samples summed in float32, blocks added in float64
-            st["sigma_sum"] += _squared(g, fresh).sum(0).to(_F64)
+        n, batch_sum = 0, None
+        for g, fresh in x:   # cache-sized blocks of samples, summed in the compute dtype over the batch
+            block = _squared(g, fresh).sum(0)
+            batch_sum = block if batch_sum is None else batch_sum.add_(block)
             n += g.shape[0]
+        if batch_sum is not None:
+            st["sigma_sum"] += batch_sum.to(_F64)
         st["count"] += n
 
     def conditioning(self) -> dict[str, dict]:

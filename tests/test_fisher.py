@@ -391,3 +391,36 @@ def test_diag_fit_is_never_structurally_rank_deficient_and_ekfac_below_its_dimen
     ek.end_pass()
     problems = ek.rank_problems()                    # A is 17×17 (with the bias) from 4 images
     assert len(problems) == 1 and "'lin'" in problems[0] and "dimension 17" in problems[0]
+
+
+def test_float32_model_gets_float64_sums_of_float32_batch_statistics(setup):
+    """The documented precision: a float32 model's batch statistics are formed in float32 (the input
+    Gram ``Σ h hᵀ``, the squared gradients) except the output Gram ``Σ δ δᵀ``, which is formed in
+    float64 (its bases must resolve eigenvalues below float32's resolution); every sum is float64;
+    and the fit's scores agree with the float64 model's to float32 rounding."""
+    net64, x64, layers64, batches64 = setup
+    net32 = Net().float()
+    net32.load_state_dict({k: v.float() for k, v in net64.state_dict().items()})
+    layers32 = resolve_layers(net32, LAYERS)
+    x32 = x64.float()
+    batches32 = [x32[i:i + 24] for i in range(0, len(x32), 24)]
+    fit32 = _fit("ekfac", net32, layers32, batches32)
+    stats = [_stats(net32, layers32, xb) for xb in batches32]
+    for name in LAYERS:
+        st = fit32.state[name]
+        assert st["A_sum"].dtype == st["B_sum"].dtype == st["sigma_sum"].dtype == DT
+        h = torch.cat([s[name].h for s in stats]).double()
+        dl = torch.cat([s[name].delta for s in stats]).double()
+        a = torch.einsum("ndt,net->de", h, h)
+        b = torch.einsum("nct,net->ce", dl, dl)
+        # B: float64 products of the float32 δ (float64 rounding); A: float32 products, summed in float64
+        assert torch.allclose(st["B_sum"], b, rtol=1e-12, atol=0), name
+        assert (st["A_sum"] - a).norm() <= 1e-6 * a.norm(), name
+    fit64 = _fit("ekfac", net64, layers64, batches64)
+    test = torch.rand(10, 2, 8, 8, dtype=DT) * 2
+    s32 = fit32.precondition_norm(_stats(net32, layers32, test.float()))
+    s64 = fit64.precondition_norm(_stats(net64, layers64, test))
+    for name in LAYERS:
+        rel = ((s32[name].double() - s64[name]).abs() / s64[name]).max()
+        assert rel <= 1e-4, (name, float(rel))
+
