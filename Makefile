@@ -49,6 +49,7 @@ bench: data $(STAMPS)/bench
 	$(PY) benchmarks/bench_peers.py
 	$(PY) benchmarks/bench_peers.py --profile
 	$(PY) benchmarks/bench_fit_peers.py
+	$(PY) benchmarks/bench_fit_precision.py
 	$(PY) benchmarks/bench_fit.py
 	$(PY) benchmarks/bench_score.py
 

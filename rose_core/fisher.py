@@ -47,10 +47,11 @@ rank-one products ``(δ²)ᵀ h²`` and the squared (rotated) gradients, summed 
 every batch sum is accumulated in float64, so rounding does not grow with the number of batches.
 The output factor's Gram ``Σ δ δᵀ`` is formed in float64: it is small (``C`` is at most a few
 hundred), and a latent the VAE does not use gives its log σ² head an output factor with eigenvalues
-below float32's resolution, whose eigenvectors a float32 Gram leaves to rounding. Measured on the
-shipped VAE with its default 10,000 Fisher images, against float64 Grams: every layer's score
-within 6.3e-6 relative, the float32 rounding of the scores themselves (a float32 Gram for ``B``
-too moved the log σ² head's scores by up to 1.8 %). Below full rank (fewer Fisher images than a
+below float32's resolution, whose eigenvectors a float32 Gram leaves to rounding.
+``benchmarks/bench_fit_precision.py`` measures what this changes on the shipped VAE with its
+default 10,000 Fisher images, against float64 Grams (``results/benchmarks/fit-precision.json``,
+shown in the README; ``tests/test_readme.py`` holds the shipped choice within 1e-4 relative on
+every layer, the float32 rounding of the scores themselves). Below full rank (fewer Fisher images than a
 factor's dimension, which the fit warns about) the scores depend on the rounding of the factors
 whatever their precision. ``tests/test_fisher.py`` checks which statistics are float32 and which
 float64 and bounds the difference from a float64 model's fit. A float64 model gets float64
@@ -153,9 +154,8 @@ def _dense_blocks(stat: Stat, max_elements: int) -> Iterator[tuple[torch.Tensor,
 
 
 _GRAM_BLOCKS = 4
-"""Column blocks of :func:`_gram64`: the upper block triangle is 10 of 16 blocks (5/8 of the products).
-Measured on the VAE's ``encoder.2``/``encoder.5`` batch Grams (one thread, batch 128): 18.5 and 19.3 ms
-against 28.8 and 28.6 ms for the full product (``benchmarks/bench_fit_peers.py`` times the whole fit)."""
+"""Column blocks of :func:`_gram64`: the upper block triangle is 10 of 16 blocks, 5/8 of the full
+product's multiply-adds (``benchmarks/bench_fit_peers.py`` times the whole fit)."""
 
 
 def _gram64(m: torch.Tensor) -> torch.Tensor:
@@ -305,7 +305,8 @@ class LayerwiseFisher:
 
         Both fits must be of the same kind and pass and share every earlier result
         (EKFAC: identical eigenbases). Merging two fits of disjoint halves equals the
-        fit of the whole, up to float64 rounding of the sums.
+        fit of the whole, up to float64 rounding of the sums, when the halves are made of the
+        same batches (other batches change a float32 model's batch statistics by float32 rounding).
         """
         if type(other) is not type(self):
             raise ValueError(f"Cannot merge a {other.kind} fit into a {self.kind} fit.")

@@ -56,7 +56,16 @@ def test_peer_and_batch_scoring_blocks_show_every_measured_row(monkeypatch, tmp_
     for row in fit["rows"]:   # every measured size, with its ratio, or marked as disagreeing
         assert (f"| {row['n_fit']:,} | {row['rose_fit_s']:.1f} s | {row['nngeometry_fit_s']:.1f} s | "
                 f"**{row['ratio']:.2f}×** |" if row["agrees"] else f"| {row['n_fit']:,} | — |") in text
+    prec = json.loads((REPO / "results" / "benchmarks" / "fit-precision.json").read_text())
+    text = readme_figures.fit_precision()
+    shipped = next(r for r in prec["rows"] if r["variant"] == "shipped")
+    assert prec["n_fit"] >= 10_000   # the default fit's size, as rose_core.fisher's docstring says
+    for layer, d in shipped["layers"].items():   # the documented claim: float32 rounding of the scores
+        assert d["max_rel"] <= 1e-4, (layer, d)
+    for r in prec["rows"]:
+        assert " | ".join(f"{r['layers'][n]['max_rel']:.1e}" for n in prec["layers"]) in text
     monkeypatch.setattr(readme_figures, "ROOT", tmp_path)   # no artifact: say so, never a number
+    assert readme_figures.fit_precision().startswith("_Not measured yet")
     assert readme_figures.fit_peers().startswith("_Not measured yet")
     assert readme_figures.peers().startswith("_Not measured yet")
     assert readme_figures.peers_ftz().startswith("_Not measured yet")
