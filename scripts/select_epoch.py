@@ -7,7 +7,9 @@ the lowest, and writes it to ``--out`` with the card fields ``test_bits_per_dim`
 ``held_out_by_epoch`` (every epoch's figure) and ``selected_by``. When the chosen epoch is not the
 run's last, the run's optimizer state beside ``--out`` (``<out>.train.*``, a later epoch's) is
 removed, so resuming restarts the optimizer moments from the chosen weights (the trainer records
-that on the card). The table is also written to ``--table`` (JSON) as the artifact the docs quote.
+that on the card). The table is also written to ``--table`` (JSON) as the artifact the docs quote;
+an epoch already in that table with the same weights (``weights_sha256``), held-out images and
+IWAE-k is not measured again (a 50-epoch Glow run is chosen again after every training session).
 
     python scripts/select_epoch.py --epochs-dir runs/glow-cifar10 --out checkpoints/glow-cifar10 \\
         --table results/glow-cifar10/epochs.json
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from rose_core.checkpoint import card_path, load_model, save_model, weights_path
+from rose_core.checkpoint import card_path, load_model, read_card, save_model, weights_path
 from rose_core.data import load_dataset
 from rose_core.training import evaluate_bits_per_dim
 
@@ -45,6 +47,18 @@ def _test_images(card: dict, eval_subset: int | None):
     return test.images if eval_subset is None else test.subset(eval_subset, seed=0).images
 
 
+def _measured_rows(args) -> dict[tuple, dict]:
+    """Rows of an existing ``--table`` by (epoch, weights hash, images, eval subset, IWAE-k)."""
+    if not args.table or not Path(args.table).exists():
+        return {}
+    try:
+        rows = json.loads(Path(args.table).read_text())["epochs"]
+    except (ValueError, KeyError, TypeError):
+        return {}   # an unreadable table is measured again, not trusted
+    return {(r["epoch"], r["weights_sha256"], r["n_images"], r.get("eval_subset"), r.get("iwae_k")): r
+            for r in rows if isinstance(r, dict) and r.get("weights_sha256")}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs-dir", required=True, help="the --keep-epochs folder of the run")
@@ -58,19 +72,29 @@ def main(argv: list[str] | None = None) -> int:
     folders = sorted(d for d in Path(args.epochs_dir).glob("epoch-*") if d.is_dir())
     if not folders:
         raise SystemExit(f"No epoch-NNN folders in {args.epochs_dir}: train with --keep-epochs {args.epochs_dir}.")
-    rows, images, best = [], None, None   # best: (row, model, card) of the lowest held-out bits/dim so far
+    measured = _measured_rows(args)
+    rows, images, best = [], None, None   # best: (row, checkpoint) of the lowest held-out bits/dim so far
     for folder in folders:
-        model, card = load_model(_checkpoint(folder))
+        ckpt = _checkpoint(folder)
+        card = read_card(ckpt)
         if images is None:   # every epoch of a run has the same held-out images
             images = _test_images(card, args.eval_subset)
-        metrics = evaluate_bits_per_dim(model, images, torch.device("cpu"), batch_size=args.batch_size,
-                                        iwae_k=args.iwae_k)
-        row = {"epoch": card["epochs"], "n_images": len(images), **{k: round(v, 5) for k, v in metrics.items()}}
+        same = (card["epochs"], card.get("weights_sha256"), len(images), args.eval_subset, args.iwae_k)
+        row = measured.get(same) if same[1] else None
+        if row is None:
+            model, card = load_model(ckpt)
+            metrics = evaluate_bits_per_dim(model, images, torch.device("cpu"), batch_size=args.batch_size,
+                                            iwae_k=args.iwae_k)
+            row = {"epoch": card["epochs"], "n_images": len(images), **{k: round(v, 5) for k, v in metrics.items()},
+                   "weights_sha256": card.get("weights_sha256"), "eval_subset": args.eval_subset,
+                   "iwae_k": args.iwae_k}
         rows.append(row)
         if best is None or row["nll"] < best[0]["nll"]:
-            best = (row, model, card)
-        print(f"epoch {row['epoch']:3d}: held-out {row['nll']:.4f} bits/dim ({row['n_images']} images)", flush=True)
-    best, model, card = best
+            best = (row, ckpt)
+        print(f"epoch {row['epoch']:3d}: held-out {row['nll']:.4f} bits/dim ({row['n_images']} images)"
+              f"{' (measured before, same weights)' if row is measured.get(same) else ''}", flush=True)
+    best, ckpt = best
+    model, card = load_model(ckpt)
     last = max(r["epoch"] for r in rows)
     out = Path(args.out)
     fields = {k: v for k, v in card.items() if k not in CARD_ONLY}

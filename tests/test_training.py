@@ -94,6 +94,17 @@ def test_kept_epochs_and_the_held_out_choice(tmp_path):
     assert json.loads(table.read_text())["chosen_epoch"] == best
     assert (tmp_path / "vae.train.json").exists() == (best == 2)
     load_model(tmp_path / "vae")   # the weights match the card's hash
+    # a second choice reuses the table's rows of unchanged epochs and measures a changed one again
+    rows = json.loads(table.read_text())["epochs"]
+    rows[0]["nll"] = -1.0   # a marker no measurement gives: epoch 1 now "wins" if its row is reused
+    rows[1]["nll"], rows[1]["weights_sha256"] = -2.0, "0" * 64   # recorded for other weights than the kept ones
+    table.write_text(json.dumps({"epochs": rows}))
+    assert select_epoch.main(["--epochs-dir", str(keep), "--out", str(tmp_path / "vae"), "--table", str(table),
+                              "--iwae-k", "2", "--eval-subset", "32"]) == 0
+    again = {r["epoch"]: r for r in json.loads(table.read_text())["epochs"]}
+    assert again[1]["nll"] == -1.0 and read_card(tmp_path / "vae")["epochs"] == 1
+    assert again[2]["nll"] > 0   # measured again
+    assert again[2]["weights_sha256"] == read_card(keep / "epoch-002" / "vae")["weights_sha256"]
 
 
 def test_blurred_background_model_card_and_checks(tmp_path):
