@@ -25,6 +25,7 @@ last completed epoch's checkpoint stays, so the run resumes from there.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import shutil
@@ -46,6 +47,11 @@ from rose_core.pergrad import flush_denormals
 from rose_core.perturb import BLUR_K, apply as apply_perturbation, random_pixels
 
 log = logging.getLogger(__name__)
+
+CARRIED_CARD_FIELDS = ("optimizer_reset_at_epochs", "training_note")
+"""Card fields a resumed run keeps from the card it resumes: the epochs at which the optimizer
+moments were reset, and a note on how the run was trained (written by hand, e.g. which epochs ran
+on a GPU; it should stay true as the run goes on). Every other field is written anew each epoch."""
 
 
 @dataclass
@@ -255,7 +261,10 @@ def train(cfg: TrainConfig) -> dict:
     start_epoch, elapsed_before, step = 0, 0.0, 0
     warmup_origin = 0  # Glow's warm-up restarts whenever the optimizer moments start from zero
     if cfg.resume and weights_path(out).exists():
-        model, _ = load_model(out)
+        model, previous = load_model(out)
+        for key in CARRIED_CARD_FIELDS:   # the run's history outlives the session that wrote it
+            if key in previous and key not in cfg.extra_card:
+                cfg.extra_card[key] = copy.deepcopy(previous[key])
         optimizer = _optimizer(model, cfg)
         info = load_training_state(out, optimizer)
         if info:
@@ -265,7 +274,9 @@ def train(cfg: TrainConfig) -> dict:
             card = read_card(out)
             start_epoch, elapsed_before, step = card.get("epochs", 0), card.get("train_seconds", 0.0), card.get("steps", 0)
             warmup_origin = step
-            cfg.extra_card.setdefault("optimizer_reset_at_epochs", []).append(start_epoch)
+            resets = cfg.extra_card.setdefault("optimizer_reset_at_epochs", [])
+            if start_epoch not in resets:
+                resets.append(start_epoch)
             log.warning("No optimizer state beside %s: resuming from epoch %d with fresh optimizer moments.",
                         out, start_epoch)
     model.to(device).optimise_layout(device)   # same Parameter objects: the optimizer keeps them

@@ -27,6 +27,26 @@ def test_train_resume_and_card(tmp_path):
     assert model.kind == "vae"
 
 
+def test_a_resumed_run_keeps_its_history_on_the_card(tmp_path):
+    """An optimizer reset (weights without optimizer state) and a hand-written training note stay on the
+    card through later resumed sessions that have optimizer state."""
+    import json
+
+    from rose_core.checkpoint import card_path
+
+    train(_cfg(tmp_path, epochs=1))
+    for f in tmp_path.glob("vae.train.*"):   # as when the weights come from another machine
+        f.unlink()
+    card = json.loads(card_path(tmp_path / "vae").read_text())
+    card["training_note"] = "epoch 1 elsewhere"
+    card_path(tmp_path / "vae").write_text(json.dumps(card))
+    card = train(_cfg(tmp_path, epochs=2))
+    assert card["optimizer_reset_at_epochs"] == [1] and card["training_note"] == "epoch 1 elsewhere"
+    card = train(_cfg(tmp_path, epochs=3))   # resumes with the optimizer state epoch 2 saved
+    assert card["epochs"] == 3
+    assert card["optimizer_reset_at_epochs"] == [1] and card["training_note"] == "epoch 1 elsewhere"
+
+
 def test_glow_trains_without_nans(tmp_path):
     card = train(_cfg(tmp_path, kind="glow", out=str(tmp_path / "glow"), subset=64, eval_subset=16))
     assert card["skipped_nonfinite_steps"] == 0
