@@ -37,29 +37,20 @@ sys.path.insert(0, str(ROOT))
 
 from rose_core.checkpoint import load_model  # noqa: E402
 from rose_core.data import load_dataset, to_model_input  # noqa: E402
-from rose_core.fisher import EkfacFisher, _to_canonical  # noqa: E402
-from rose_core.pergrad import LayerFactors, capture_factors, resolve_layers  # noqa: E402
+from rose_core.fisher import EkfacFisher  # noqa: E402
+from rose_core.pergrad import capture_factors, resolve_layers  # noqa: E402
 
 
 class Float64Grams(EkfacFisher):
     """Both Kronecker factors' batch Grams formed in float64 (the reference)."""
 
-    def _input_gram(self, f: LayerFactors) -> torch.Tensor:
-        h, order = f.h_fast
-        n, d, t = h.shape
-        hm = (h[:, :, 0] if t == 1 else h.transpose(0, 1).reshape(d, n * t).T).double()
-        return _to_canonical(hm.T @ hm, order, dims=(0, 1))
+    input_gram_dtype = torch.float64
 
 
 class Float32OutputGram(EkfacFisher):
-    """The output factor's batch Gram in float32 as well."""
+    """The output factor's batch Gram in the compute dtype (float32) as well."""
 
-    @staticmethod
-    def _output_gram(f: LayerFactors) -> torch.Tensor:
-        dl = f.delta
-        n, c, t = dl.shape
-        dm = dl[:, :, 0] if t == 1 else dl.transpose(0, 1).reshape(c, n * t).T
-        return (dm.T @ dm).double()
+    output_gram_dtype = None
 
 
 VARIANTS = {"shipped": EkfacFisher, "float64 Grams": Float64Grams, "float32 output Gram": Float32OutputGram}

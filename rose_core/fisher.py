@@ -158,11 +158,20 @@ _GRAM_BLOCKS = 4
 product's multiply-adds (``benchmarks/bench_fit_peers.py`` times the whole fit)."""
 
 
-def _gram64(m: torch.Tensor) -> torch.Tensor:
-    """``mᵀ m`` ``(D, D)`` of rows ``m`` ``(K, D)``: products in ``m``'s dtype, returned in float64.
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """A factor ``(N, K, T)`` (``h`` or ``δ``) as its ``N·T`` rows ``(N·T, K)``: a view of a
+    position-major factor (see :func:`rose_core.pergrad.unfold`)."""
+    n, k, t = x.shape
+    return x[:, :, 0] if t == 1 else x.transpose(0, 1).reshape(k, n * t).T
+
+
+def _gram64(m: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``mᵀ m`` ``(D, D)`` of rows ``m`` ``(K, D)``: products in ``dtype`` (None: ``m``'s), returned in float64.
 
     When the product is compute-bound (``K ≥ D``) only the upper block triangle is multiplied and the
     rest mirrored (BLAS has no symmetric rank-k update in torch); the result is exactly symmetric."""
+    if dtype is not None:
+        m = m.to(dtype)
     k, d = m.shape
     if k < d or d < 2 * _GRAM_BLOCKS:
         return (m.T @ m).to(_F64)
@@ -572,6 +581,10 @@ class EkfacFisher(LayerwiseFisher):
 
     kind = "ekfac"
     passes = 2
+    input_gram_dtype: torch.dtype | None = None
+    """Precision of a batch's input-factor Gram ``Σ h hᵀ`` (None: the compute dtype; the sum is float64)."""
+    output_gram_dtype: torch.dtype | None = _F64
+    """Precision of a batch's output-factor Gram ``Σ δ δᵀ`` (see the module docstring's precision note)."""
     _SCORING_ONLY_DROP = ("A_sum", "B_sum")
     _BASIS_KEYS = ("U_A", "U_B")
 
@@ -618,19 +631,13 @@ class EkfacFisher(LayerwiseFisher):
         gram = self._call.get(key)
         if gram is None:
             h, order = f.h_fast
-            n, d, t = h.shape
-            hm = h[:, :, 0] if t == 1 else h.transpose(0, 1).reshape(d, n * t).T
-            gram = _to_canonical(_gram64(hm), order, dims=(0, 1))
+            gram = _to_canonical(_gram64(_rows(h), self.input_gram_dtype), order, dims=(0, 1))
             self._call[key] = gram
         return gram
 
-    @staticmethod
-    def _output_gram(f: LayerFactors) -> torch.Tensor:
+    def _output_gram(self, f: LayerFactors) -> torch.Tensor:
         """``Σ_{i,t} δ δᵀ`` of a batch, in float64 (see the module docstring's precision note)."""
-        dl = f.delta
-        n, c, t = dl.shape
-        dm = (dl[:, :, 0] if t == 1 else dl.transpose(0, 1).reshape(c, n * t).T).to(_F64)
-        return dm.T @ dm
+        return _gram64(_rows(f.delta), self.output_gram_dtype)
 
     def end_pass(self) -> None:
         self._eigh_cache: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = []
