@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_floor import ekfac_bound  # noqa: E402
+from bench_floor import matmul_rate, preconditioning_multiply_adds  # noqa: E402
 from bench_peers import check_fit, fit_eigh_seconds, nngeometry_ekfac_fit, rose_ekfac_fit  # noqa: E402
 from rose_core.checkpoint import load_model  # noqa: E402
 from rose_core.data import load_dataset, to_model_input  # noqa: E402
@@ -75,8 +75,9 @@ def statistics_bound(model, x: torch.Tensor, threads: int) -> dict:
     """The multiply-adds an EKFAC fit's statistics cannot avoid per image, beyond the floor pass: the
     first pass's Kronecker-factor Grams (symmetric, so half of ``T·D²`` and ``T·C²``; an input read by
     several layers counted once) and the second pass's rotations and per-sample products (the same as
-    scoring's, ``bench_floor.ekfac_bound``), with ``bench_floor``'s measured float32 matrix-product rate."""
-    pre = ekfac_bound(model, x, threads)
+    scoring's, ``bench_floor.preconditioning_multiply_adds``), with ``bench_floor``'s measured float32
+    matrix-product rate."""
+    torch.set_num_threads(threads)
     _, factors = capture_factors(model, x, resolve_layers(model, "default"))
     grams, seen = 0, set()
     for f in factors.values():
@@ -87,9 +88,8 @@ def statistics_bound(model, x: torch.Tensor, threads: int) -> dict:
             grams += t * d * d // 2
             seen.add(key)
         grams += t * c * c // 2
-    per_image = pre["multiply_adds_per_batch"] / pre["batch"] + grams
-    return {"multiply_adds_per_image": per_image, "gram_multiply_adds_per_image": grams,
-            "matmul_multiply_adds_per_s": pre["matmul_multiply_adds_per_s"]}
+    return {"multiply_adds_per_image": preconditioning_multiply_adds(factors) + grams,
+            "gram_multiply_adds_per_image": grams, "matmul_multiply_adds_per_s": matmul_rate()}
 
 
 def measure_size(model, names: list[str], fit_x: torch.Tensor, cal_x: torch.Tensor, args, bound: dict) -> dict:

@@ -101,30 +101,43 @@ def child(args) -> int:
     return 0
 
 
-def ekfac_bound(model, x: torch.Tensor, threads: int) -> dict:
-    """The multiply-adds EKFAC's preconditioning cannot avoid for one batch (each layer's rotations into
-    its eigenbases plus the per-sample product, in the cheaper order ``rose_core.fisher`` picks; inputs
-    shared by layers rotated once) and the time they take at this CPU's measured float32 matrix-product
-    rate: a lower bound on ROSE-EKFAC's cost above the floor."""
-    torch.set_num_threads(threads)
-    _, factors = capture_factors(model, x, resolve_layers(model, "default"))
-    n, macs, seen = len(x), 0, set()
+def preconditioning_multiply_adds(factors: dict) -> int:
+    """Multiply-adds per image of EKFAC's preconditioning (each layer's rotations into its eigenbases plus
+    the per-sample product, in the cheaper order ``rose_core.fisher`` picks; inputs shared by layers
+    rotated once), from one batch's factors."""
+    macs, seen = 0, set()
     for f in factors.values():
         c, d = f.shape
         t = f.positions
         if t == 1 and f.offset is None:
             key = (f.raw_input.data_ptr(), d)
-            macs += n * (c * c + (0 if key in seen else d * d))
+            macs += c * c + (0 if key in seen else d * d)
             seen.add(key)
         else:
-            macs += n * (min(t, c) * d * d + min(t, d) * c * c + t * c * d)
+            macs += min(t, c) * d * d + min(t, d) * c * c + t * c * d
+    return macs
+
+
+def matmul_rate() -> float:
+    """This CPU's float32 matrix-product rate (multiply-adds per second) at the current thread count."""
     a, b = torch.randn(4096, 1024), torch.randn(1024, 1024)
     a @ b
     t0 = time.perf_counter()
     for _ in range(5):
         a @ b
-    rate = 5 * 4096 * 1024 * 1024 / (time.perf_counter() - t0)
-    return {"multiply_adds_per_batch": macs, "batch": n, "matmul_multiply_adds_per_s": float(f"{rate:.4g}"),
+    return float(f"{5 * 4096 * 1024 * 1024 / (time.perf_counter() - t0):.4g}")
+
+
+def ekfac_bound(model, x: torch.Tensor, threads: int) -> dict:
+    """The multiply-adds EKFAC's preconditioning cannot avoid for one batch
+    (:func:`preconditioning_multiply_adds`) and the time they take at this CPU's measured float32
+    matrix-product rate: a lower bound on ROSE-EKFAC's cost above the floor."""
+    torch.set_num_threads(threads)
+    _, factors = capture_factors(model, x, resolve_layers(model, "default"))
+    n = len(x)
+    macs = n * preconditioning_multiply_adds(factors)
+    rate = matmul_rate()
+    return {"multiply_adds_per_batch": macs, "batch": n, "matmul_multiply_adds_per_s": rate,
             "seconds_per_batch_at_that_rate": round(macs / rate, 4)}
 
 
