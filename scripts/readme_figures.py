@@ -136,12 +136,22 @@ def glow_auroc() -> str:
                                         "input-complexity-png"])
 
 
+def _benchmark(artifact: str) -> dict | None:
+    """A benchmark's committed artifact (``results/benchmarks/<artifact>``), or None before it is measured."""
+    p = ROOT / "results" / "benchmarks" / artifact
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _not_measured(script: str) -> str:
+    """What a block says before its benchmark has run: the command, never a number."""
+    return f"_Not measured yet: `python benchmarks/{script}`._\n"
+
+
 def train_speed() -> str:
     """Training throughput per variant (``benchmarks/bench_train.py`` → ``results/benchmarks/train.json``)."""
-    p = ROOT / "results" / "benchmarks" / "train.json"
-    if not p.exists():
-        return "_Not measured yet: `python benchmarks/bench_train.py`._\n"
-    b = json.loads(p.read_text())
+    b = _benchmark("train.json")
+    if b is None:
+        return _not_measured("bench_train.py")
     variants = [v for v in ("eager", "flush_denormal", "channels_last", "compile", "as_trained")
                 if any(v in m["variants"] or v in m["errors"] for m in b["models"].values())]
     rows = ["| model (weights) | " + " | ".join(variants) + " | min/epoch (eager → as trained → best) |",
@@ -242,10 +252,9 @@ def verdict() -> str:
 
 
 def fit_speed() -> str:
-    p = ROOT / "results" / "benchmarks" / "fit.json"
-    if not p.exists():
-        return "_Not measured yet: `python benchmarks/bench_fit.py`._\n"
-    b = json.loads(p.read_text())
+    b = _benchmark("fit.json")
+    if b is None:
+        return _not_measured("bench_fit.py")
     ten_k = 10000 / b["images_per_second"]["default fit"]
     rows = ["| measured in one run | images/s |", "|---|---|"]
     rows += [f"| {k} | {v:.1f} |" for k, v in b["images_per_second"].items()]
@@ -262,10 +271,9 @@ def fit_speed() -> str:
 
 
 def floor() -> str:
-    p = ROOT / "results" / "benchmarks" / "floor.json"
-    if not p.exists():
-        return "_Not measured yet: `python benchmarks/bench_floor.py`._\n"
-    b = json.loads(p.read_text())
+    b = _benchmark("floor.json")
+    if b is None:
+        return _not_measured("bench_floor.py")
     methods = ["floor", "ROSE-DIAG", "ROSE-EKFAC"]
     rows = ["| allocator | VAE layout | " + " | ".join(f"{m} img/s (speed-up)" for m in methods)
             + " | ROSE-DIAG / floor | ROSE-EKFAC / floor | peak MiB | scores vs previous (max rel. diff.) |",
@@ -300,10 +308,9 @@ def throughput() -> str:
 
 
 def your_data() -> str:
-    p = ROOT / "results" / "benchmarks" / "your_data.json"
-    if not p.exists():
-        return "_Not measured yet: `python benchmarks/bench_your_data.py`._\n"
-    b = json.loads(p.read_text())
+    b = _benchmark("your_data.json")
+    if b is None:
+        return _not_measured("bench_your_data.py")
     rows = ["| images | import (decode, resize, split) | train VAE | per epoch | ROSE fit | total | test bits/dim |",
             "|---|---|---|---|---|---|---|"]
     for r in b["runs"]:
@@ -329,10 +336,9 @@ def _mib(m: dict | None) -> str:
 
 def _peers(name: str) -> str:
     """ROSE's per-layer scores and EKFAC fit against the peers (``benchmarks/bench_peers.py``)."""
-    p = ROOT / "results" / "benchmarks" / name
-    if not p.exists():
-        return "_Not measured yet: `python benchmarks/bench_peers.py`._\n"
-    b = json.loads(p.read_text())
+    b = _benchmark(name)
+    if b is None:
+        return _not_measured("bench_peers.py")
     res, chk = b["results"], b["peers"]
     mem_col = "peak MiB (+ added by the method)" if b["device"] == "cpu" else "peak GPU MiB"
     rows = [f"| method | images/s | CPU ms/image | × floor | ROSE faster by | {mem_col} | scores vs ROSE (max rel. err) |",
@@ -402,10 +408,9 @@ def peers_ftz() -> str:
 
 
 def fit_peers() -> str:
-    p = ROOT / "results" / "benchmarks" / "fit-peers.json"
-    if not p.exists():
-        return "_Not measured yet: `python benchmarks/bench_fit_peers.py`._\n"
-    b = json.loads(p.read_text())
+    b = _benchmark("fit-peers.json")
+    if b is None:
+        return _not_measured("bench_fit_peers.py")
     bounded = all("bound_ratio" in r for r in b["rows"] if r["agrees"])
     rows = ["| fit images | ROSE-EKFAC fit | nngeometry PMatEKFAC fit | ROSE faster by | best possible "
             "(one floor pass + eigh) |" + (" bound (+ the statistics' multiply-adds) |" if bounded else "")
@@ -440,10 +445,9 @@ def fit_peers() -> str:
 
 def fit_precision() -> str:
     """What float32 batch Grams change in the EKFAC scores (``benchmarks/bench_fit_precision.py``)."""
-    p = ROOT / "results" / "benchmarks" / "fit-precision.json"
-    if not p.exists():
-        return "_Not measured yet: `python benchmarks/bench_fit_precision.py`._\n"
-    b = json.loads(p.read_text())
+    b = _benchmark("fit-precision.json")
+    if b is None:
+        return _not_measured("bench_fit_precision.py")
     layers = b["layers"]
     rows = ["| Gram precision (input factor / output factor) | first pass | "
             + " | ".join(f"`{n}`" for n in layers) + " |", "|---|---|" + "---|" * len(layers)]
@@ -463,10 +467,9 @@ def fit_precision() -> str:
 
 def score_speed() -> str:
     """``python -m rose_core score`` on 1k/5k/10k PNG files (``benchmarks/bench_score.py``)."""
-    p = ROOT / "results" / "benchmarks" / "score.json"
-    if not p.exists():
-        return "_Not measured yet: `python benchmarks/bench_score.py`._\n"
-    b = json.loads(p.read_text())
+    b = _benchmark("score.json")
+    if b is None:
+        return _not_measured("bench_score.py")
     rows = ["| PNG files | images/s | scorer idle (waiting for decoded batches) | peak MiB, scorer | peak MiB, a decoding worker |",
             "|---|---|---|---|---|"]
     for r in b["runs"].values():
@@ -540,10 +543,9 @@ def classifier_detectors() -> str:
 
 def app_speed() -> str:
     """The app in Chromium: cold start, first renders, widget changes (``benchmarks/bench_app.py``)."""
-    p = ROOT / "results" / "benchmarks" / "app.json"
-    if not p.exists():
-        return "_Not measured yet: `python benchmarks/bench_app.py`._\n"
-    b = json.loads(p.read_text())
+    b = _benchmark("app.json")
+    if b is None:
+        return _not_measured("bench_app.py")
     t = b["targets_s"]
 
     def row(what: str, v: float, target: float) -> str:
