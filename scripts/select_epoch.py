@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         if images is None:   # every epoch of a run has the same held-out images
             images = _test_images(card, args.eval_subset)
         same = (card["epochs"], card.get("weights_sha256"), len(images), args.eval_subset, args.iwae_k)
-        row = measured.get(same) if same[1] else None
-        if row is None:
+        row = measured.get(same)
+        reused = row is not None
+        if not reused:
             model, card = load_model(ckpt)
             metrics = evaluate_bits_per_dim(model, images, torch.device("cpu"), batch_size=args.batch_size,
                                             iwae_k=args.iwae_k)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         if best is None or row["nll"] < best[0]["nll"]:
             best = (row, ckpt)
         print(f"epoch {row['epoch']:3d}: held-out {row['nll']:.4f} bits/dim ({row['n_images']} images)"
-              f"{' (measured before, same weights)' if row is measured.get(same) else ''}", flush=True)
+              f"{' (measured before, same weights)' if reused else ''}", flush=True)
     best, ckpt = best
     model, card = load_model(ckpt)
     last = max(r["epoch"] for r in rows)
